@@ -1,0 +1,81 @@
+"""Broker transport: the events it reports and the interface the agent uses.
+
+Only ``postprocessing.transport.stomp`` imports stomp.py; the rest of the package talks
+to a :class:`Transport`.  A transport never runs agent code on its receiver thread: it
+hands every event to a ``sink`` callable (the agent's inbox ``put``).
+"""
+
+import dataclasses
+from typing import Callable, Mapping, Optional, Protocol
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    """A MESSAGE frame received on a subscription."""
+
+    destination: str
+    body: bytes
+    headers: Mapping[str, str]
+    subscription: str
+    ack_id: str
+    message_id: str
+    epoch: int
+
+    @property
+    def redelivered(self) -> bool:
+        return self.headers.get("redelivered", "false") == "true"
+
+
+@dataclasses.dataclass(frozen=True)
+class Receipt:
+    """The broker confirmed a frame sent with a ``receipt`` header."""
+
+    receipt_id: str
+    epoch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Disconnected:
+    """The connection of ``epoch`` is gone; its un-acked deliveries go back to the broker."""
+
+    epoch: int
+    reason: str
+
+
+Sink = Callable[[object], None]
+
+
+class Transport(Protocol):
+    """What the agent needs from a broker connection."""
+
+    epoch: int
+    connected_to: str
+    #: Position in the broker list of the broker connected to (-1: none).
+    connected_index: int
+    #: Whether dropping a subscription returns its un-acked messages to the queue (ActiveMQ).
+    returns_on_unsubscribe: bool
+
+    def connect(self) -> None:
+        """Connect to the first broker that answers; raises TransportError otherwise."""
+
+    def primary_reachable(self) -> bool:
+        """While on a backup broker: whether the first broker of the list is back."""
+
+    def subscribe(self, destination: str, sub_id: str, client_ack: bool, prefetch: int) -> None:
+        """Subscribe; with ``client_ack`` each delivery must be acked individually."""
+
+    def unsubscribe(self, sub_id: str) -> None:
+        """Drop a subscription; the broker takes back what it held un-acked."""
+
+    def send(self, destination: str, body: bytes, receipt: Optional[str] = None,
+             headers: Optional[Mapping[str, str]] = None) -> None:
+        """Send a persistent message; raises NotConnected when there is no connection."""
+
+    def ack(self, delivery: Delivery) -> None:
+        """Settle a delivery of the current connection; raises NotConnected otherwise."""
+
+    def release(self, delivery: Delivery) -> None:
+        """Give an un-acked delivery back to the broker (before its subscription is dropped)."""
+
+    def disconnect(self) -> None:
+        """Close the connection politely; never raises."""

@@ -1,0 +1,147 @@
+"""An in-memory transport for unit tests: a tiny broker with queue semantics.
+
+It keeps what a real broker would: messages wait in their queue until a subscription
+with room takes them; un-acked messages return to the queue when their subscription or
+connection goes; receipts come back at once.  Everything is delivered through ``sink``,
+as the real transport does, so the agent's loop sees the same events.
+"""
+
+import collections
+import itertools
+from typing import Deque, Dict, List, Mapping, Optional, Tuple
+
+from postprocessing.errors import NotConnected
+from postprocessing.transport import Delivery, Disconnected, Receipt, Sink
+
+_Message = Tuple[str, bytes, Dict[str, str]]
+
+
+class MemoryTransport:
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+        self._ids = itertools.count(1)
+        self.queues: Dict[str, Deque[_Message]] = collections.defaultdict(collections.deque)
+        self.sent: List[Tuple[str, bytes, Dict[str, str]]] = []
+        self.acked: List[str] = []
+        self.subscriptions: Dict[str, Tuple[str, int, bool]] = {}
+        self._held: Dict[str, Dict[str, _Message]] = collections.defaultdict(dict)
+        self.epoch = 0
+        self.connected_to = ""
+        self.connected = False
+        self.refuse_connect = False
+        #: Like RabbitMQ: every delivery gets a new message id.
+        self.fresh_ids = False
+        self.connected_index = -1
+        self.returns_on_unsubscribe = True
+        #: Set by tests: the connection is to a backup and the primary is back.
+        self.primary_back = False
+
+    # -- the Transport interface ---------------------------------------------------
+    def connect(self) -> None:
+        if self.refuse_connect:
+            raise NotConnected("memory broker refuses connections")
+        self.epoch += 1
+        self.connected = True
+        self.connected_to = "memory"
+        self.connected_index = 0 if self.primary_back else max(self.connected_index, 0)
+
+    def primary_reachable(self) -> bool:
+        return self.connected_index > 0 and self.primary_back
+
+    def subscribe(self, destination: str, sub_id: str, client_ack: bool, prefetch: int) -> None:
+        self._check()
+        self.subscriptions[sub_id] = (destination, prefetch, client_ack)
+        self._pump(destination)
+
+    def unsubscribe(self, sub_id: str) -> None:
+        self._check()
+        destination = self.subscriptions[sub_id][0]
+        self._return_held(sub_id)
+        del self.subscriptions[sub_id]
+        self._pump(destination)
+
+    def send(self, destination: str, body: bytes, receipt: Optional[str] = None,
+             headers: Optional[Mapping[str, str]] = None) -> None:
+        self._check()
+        frame_headers = {"persistent": "true", **(headers or {})}
+        self.sent.append((destination, body, frame_headers))
+        if not destination.startswith("/topic/"):
+            self.publish(destination, body, frame_headers)
+        if receipt is not None:
+            self._sink(Receipt(receipt, self.epoch))
+
+    def ack(self, delivery: Delivery) -> None:
+        self._check()
+        if delivery.epoch != self.epoch:
+            raise NotConnected("delivery belongs to an earlier connection")
+        held = self._held[delivery.subscription]
+        if held.pop(delivery.message_id, None) is None:
+            raise NotConnected("unknown delivery %s" % delivery.message_id)
+        self.acked.append(delivery.message_id)
+        self._pump(self.subscriptions[delivery.subscription][0])
+
+    def release(self, delivery: Delivery) -> None:
+        """Nothing to do: dropping the subscription returns what it held, as on ActiveMQ."""
+
+    def disconnect(self) -> None:
+        if self.connected:
+            self.drop_connection("disconnect")
+
+    # -- test controls -----------------------------------------------------------------
+    def publish(self, destination: str, body: bytes, headers: Optional[Dict[str, str]] = None) -> str:
+        """Put a message on a queue (as another client would) and deliver if possible."""
+        message_id = "ID:memory-%d" % next(self._ids)
+        self.queues[destination].append((message_id, body, dict(headers or {})))
+        if self.connected:
+            self._pump(destination)
+        return message_id
+
+    def topic(self, destination: str, body: bytes) -> None:
+        """Deliver a topic message to every subscription on it."""
+        for sub_id, (dest, _prefetch, _client) in list(self.subscriptions.items()):
+            if dest == destination:
+                self._deliver(sub_id, ("ID:memory-%d" % next(self._ids), body, {}), client=False)
+
+    def drop_connection(self, reason: str = "dropped") -> None:
+        """The connection dies: held messages go back to their queues, marked redelivered."""
+        for sub_id in list(self.subscriptions):
+            self._return_held(sub_id)
+        self.subscriptions.clear()
+        self.connected = False
+        self._sink(Disconnected(self.epoch, reason))
+
+    def sent_to(self, destination: str) -> List[bytes]:
+        return [body for dest, body, _headers in self.sent if dest == destination]
+
+    # -- internals ----------------------------------------------------------------------
+    def _check(self) -> None:
+        if not self.connected:
+            raise NotConnected("not connected")
+
+    def _return_held(self, sub_id: str) -> None:
+        held = self._held.pop(sub_id, {})
+        destination = self.subscriptions.get(sub_id, ("",))[0]
+        for message_id, body, headers in reversed(list(held.values())):
+            headers = dict(headers, redelivered="true")
+            self.queues[destination].appendleft((message_id, body, headers))
+
+    def _pump(self, destination: str) -> None:
+        queue = self.queues[destination]
+        for sub_id, (dest, prefetch, client_ack) in list(self.subscriptions.items()):
+            if dest != destination:
+                continue
+            while queue and sub_id in self.subscriptions and (
+                    not client_ack or len(self._held[sub_id]) < prefetch):
+                self._deliver(sub_id, queue.popleft(), client=client_ack)
+
+    def _deliver(self, sub_id: str, message: _Message, client: bool) -> None:
+        message_id, body, headers = message
+        if client:
+            self._held[sub_id][message_id] = message
+        destination = self.subscriptions[sub_id][0]
+        delivery_id = "%s/%d" % (message_id, next(self._ids)) if self.fresh_ids else message_id
+        if client:
+            del self._held[sub_id][message_id]
+            self._held[sub_id][delivery_id] = (message_id, body, headers)
+        self._sink(Delivery(destination, body, dict(headers, **{"message-id": delivery_id}),
+                            sub_id, delivery_id, delivery_id, self.epoch))
