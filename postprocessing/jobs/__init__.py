@@ -1,0 +1,1 @@
+"""Jobs: subprocesses in their own process groups, under slots and resource limits."""

@@ -1,0 +1,53 @@
+"""Kill job process groups whose agent is gone.
+
+A job's direct child dies with its agent (PR_SET_PDEATHSIG), but processes it started
+may not; under systemd ``KillMode=control-group`` removes them, and elsewhere the next
+agent start calls :func:`reap_orphans`.
+"""
+
+import logging
+import os
+import signal
+from typing import List
+
+import psutil
+
+from postprocessing.jobs.environment import MARKER
+
+logger = logging.getLogger(__name__)
+
+
+def _agent_alive(identity: str) -> bool:
+    pid_text, _, started = identity.partition(":")
+    try:
+        proc = psutil.Process(int(pid_text))
+        return "%.2f" % proc.create_time() == started
+    except (ValueError, psutil.Error):
+        return False
+
+
+def reap_orphans() -> List[int]:
+    """Kill processes of jobs whose agent is dead; returns the pids killed."""
+    killed = []
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == me:
+            continue
+        try:
+            identity = proc.environ().get(MARKER)
+        except psutil.Error:
+            continue
+        if not identity or _agent_alive(identity):
+            continue
+        try:
+            os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
+        killed.append(proc.pid)
+    if killed:
+        logger.warning("killed %d processes of jobs whose agent died: %s", len(killed), killed)
+    return killed
