@@ -1,0 +1,1 @@
+"""The agent: one loop that owns dispatch, outbound messages and acknowledgement."""

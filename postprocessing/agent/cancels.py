@@ -1,0 +1,61 @@
+"""Cancellation requests: who asked, for which run, and for how long they stand.
+
+A cancel arrives on a queue (``reduction_cancel``), so only one agent receives it.  That
+agent re-publishes it on a topic (``cancel_fanout``) before acking it, and every agent
+(itself included) subscribes to the topic.  So a cancel reaches whichever agent holds the
+run, and one for a run that has not arrived yet stands for ``cancel_window_sec``.
+"""
+
+import dataclasses
+import time
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from postprocessing.errors import InvalidMessage
+from postprocessing.messages import RunRequest, plain_name, run_number
+
+
+@dataclasses.dataclass(frozen=True)
+class CancelRequest:
+    instrument: str
+    run_number: str
+    ipts: Optional[str]
+    who: str
+
+    def matches(self, request: RunRequest) -> bool:
+        return (request.instrument == self.instrument and request.run_number == self.run_number
+                and (self.ipts is None or request.ipts == self.ipts))
+
+
+def parse_cancel(data: Mapping[str, Any]) -> CancelRequest:
+    if data.get("cancel") is not True:
+        raise InvalidMessage("Cancel request must have \"cancel\": true")
+    ipts = plain_name(data, "ipts", "IPTS") if data.get("ipts") is not None else None
+    who = data.get("information")
+    return CancelRequest(plain_name(data, "instrument", "Instrument"), run_number(data), ipts,
+                         who if isinstance(who, str) and who else "unknown")
+
+
+class CancelBook:
+    """Cancels that have not met their run yet, until their window closes."""
+
+    def __init__(self, window_sec: float) -> None:
+        self.window = window_sec
+        self._pending: Dict[Tuple[str, str], Tuple[CancelRequest, float]] = {}
+
+    def add(self, cancel: CancelRequest) -> None:
+        self._pending[(cancel.instrument, cancel.run_number)] = (cancel, time.monotonic() + self.window)
+
+    def discard(self, cancel: CancelRequest) -> None:
+        self._pending.pop((cancel.instrument, cancel.run_number), None)
+
+    def take(self, request: RunRequest) -> Optional[CancelRequest]:
+        """The standing cancel for ``request``, removed from the book, if any."""
+        now = time.monotonic()
+        for key, (_cancel, expires) in list(self._pending.items()):
+            if expires < now:
+                del self._pending[key]
+        entry = self._pending.get((request.instrument, request.run_number))
+        if entry is None or not entry[0].matches(request):
+            return None
+        del self._pending[(request.instrument, request.run_number)]
+        return entry[0]

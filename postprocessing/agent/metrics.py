@@ -1,0 +1,134 @@
+"""An observer that counts what the agent does and serves it to Prometheus.
+
+Switched on by the config key ``metrics_port``; needs ``prometheus-client`` (the
+``metrics`` extra).  The metrics live in a registry of their own, served from a daemon
+thread at ``http://<metrics_address>:<metrics_port>/metrics``.
+"""
+
+import logging
+import threading
+import time
+from typing import Any, Dict, Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from postprocessing.agent.observer import Observer
+from postprocessing.config import Config
+from postprocessing.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: Job durations run from seconds to hours.
+DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
+                    float("inf"))
+
+#: Config keys of outcome destinations and the result each one stands for.
+_RESULT_KEYS = {
+    "reduction_complete": "complete", "reduction_error": "error", "reduction_disabled": "disabled",
+    "postprocess_error": "invalid", "catalog_complete": "complete", "catalog_error": "error",
+    "reduction_catalog_complete": "complete", "reduction_catalog_error": "error",
+}
+
+
+def limit_of(kill_reason: str) -> str:
+    """Which limit a kill reason names: memory, time or other."""
+    text = kill_reason.lower()
+    if text.startswith("memory"):
+        return "memory"
+    if text.startswith("time"):
+        return "time"
+    return "other"
+
+
+class MetricsObserver(Observer):
+    """Prometheus metrics of one agent."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.registry = CollectorRegistry()
+        self._results = self._result_names(config)
+        self._lock = threading.Lock()
+        self._last_heartbeat: Optional[float] = None
+        self._connects = 0
+        self.running = Gauge("postprocessing_jobs_running", "Jobs running now, by processor",
+                             ["kind"], registry=self.registry)
+        self.outcomes = Counter("postprocessing_job_outcomes", "Jobs ended, by processor and result",
+                                ["kind", "result"], registry=self.registry)
+        self.duration = Histogram("postprocessing_job_duration_seconds", "How long jobs ran, by processor",
+                                  ["kind"], buckets=DURATION_BUCKETS, registry=self.registry)
+        self.limit_kills = Counter("postprocessing_job_limit_kills", "Jobs killed by a limit",
+                                   ["kind", "limit"], registry=self.registry)
+        self.rejected_messages = Counter("postprocessing_messages_rejected",
+                                         "Messages that failed validation, by destination",
+                                         ["destination"], registry=self.registry)
+        self.reconnects = Counter("postprocessing_broker_reconnects",
+                                  "Broker connections made after the first one", registry=self.registry)
+        self.heartbeat_age = Gauge("postprocessing_heartbeat_age_seconds",
+                                   "Seconds since the last heartbeat went out (NaN before the first)",
+                                   registry=self.registry)
+        self.heartbeat_age.set_function(self._heartbeat_age)
+        for kind in config.processors:
+            self.running.labels(kind)
+        self._server: Any = None
+
+    @staticmethod
+    def _result_names(config: Config) -> Dict[str, str]:
+        out = {}
+        for key, result in _RESULT_KEYS.items():
+            if hasattr(config, key):
+                out[config.destination(key)] = result
+        return out
+
+    def serve(self) -> None:
+        """Start the HTTP endpoint; raises ConfigError when the port cannot be used."""
+        try:
+            started = start_http_server(self.config.metrics_port, addr=self.config.metrics_address,
+                                        registry=self.registry)
+        except OSError as err:
+            raise ConfigError("metrics_port", "cannot listen on %s:%d: %s" % (
+                self.config.metrics_address, self.config.metrics_port, err.strerror or err)) from None
+        self._server = started[0] if isinstance(started, tuple) else None
+        logger.info("metrics at http://%s:%d/metrics", self.config.metrics_address, self.config.metrics_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def result_of(self, destination: str) -> str:
+        """The result an outcome destination stands for; unknown ones by their last name part."""
+        known = self._results.get(destination)
+        if known is not None:
+            return known
+        return destination.rsplit("/", 1)[-1].rsplit(".", 1)[-1].lower() or "unknown"
+
+    def _heartbeat_age(self) -> float:
+        with self._lock:
+            last = self._last_heartbeat
+        return float("nan") if last is None else time.monotonic() - last
+
+    # -- Observer --------------------------------------------------------------------------
+    def job_started(self, kind: str) -> None:
+        self.running.labels(kind).inc()
+
+    def job_finished(self, kind: str, destination: str, seconds: float, kill_reason: Optional[str]) -> None:
+        self.running.labels(kind).dec()
+        self.outcomes.labels(kind, self.result_of(destination)).inc()
+        self.duration.labels(kind).observe(seconds)
+        if kill_reason:
+            self.limit_kills.labels(kind, limit_of(kill_reason)).inc()
+
+    def rejected(self, destination: str) -> None:
+        self.rejected_messages.labels(destination).inc()
+
+    def reconnected(self) -> None:
+        with self._lock:
+            self._connects += 1
+            again = self._connects > 1
+        if again:
+            self.reconnects.inc()
+
+    def heartbeat_sent(self) -> None:
+        with self._lock:
+            self._last_heartbeat = time.monotonic()

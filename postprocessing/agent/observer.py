@@ -1,0 +1,22 @@
+"""Hooks the loop calls when things happen, for metrics; the default does nothing."""
+
+from typing import Optional
+
+
+class Observer:
+    """Subclass and pass to :class:`~postprocessing.agent.agent.Agent` to watch it work."""
+
+    def job_started(self, kind: str) -> None:
+        """A job of processor ``kind`` started."""
+
+    def job_finished(self, kind: str, destination: str, seconds: float, kill_reason: Optional[str]) -> None:
+        """A job ended with an outcome sent to ``destination``; ``kill_reason`` if a limit killed it."""
+
+    def rejected(self, destination: str) -> None:
+        """A message failed validation before any job ran."""
+
+    def reconnected(self) -> None:
+        """The agent (re)connected to a broker."""
+
+    def heartbeat_sent(self) -> None:
+        """A heartbeat went out."""
