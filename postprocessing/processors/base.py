@@ -1,0 +1,151 @@
+"""What every processor is: it accepts a message as Work, then runs it as a job to an Outcome.
+
+``accept`` runs on the agent's loop and must be quick (no filesystem access).  ``run``
+runs on the job's own thread; it talks to the broker only through ``ctx.publish``,
+which hands the message to the agent's loop, and starts subprocesses only through
+``ctx.run_process``, which applies the limits and lets the agent kill them.
+"""
+
+import dataclasses
+import logging
+import threading
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence
+
+from postprocessing.config import Config
+from postprocessing.errors import Cancelled
+from postprocessing.jobs.limits import MemoryLimit, TimeLimit
+from postprocessing.jobs.process import JobProcess, ProcessResult
+from postprocessing.messages import outcome
+from postprocessing.safefiles import open_nofollow
+
+
+@dataclasses.dataclass(frozen=True)
+class Work:
+    """A message accepted by a processor: what to do and for whom."""
+
+    fields: Mapping[str, Any]
+    label: str
+    instrument: Optional[str] = None
+    payload: Any = None
+    #: Runs of one proposal never run together when ``serialize_per_proposal`` is on.
+    proposal: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """A message that ends a job (``headers`` for example schedule a delayed re-send)."""
+
+    destination: str
+    body: Mapping[str, Any]
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+class RunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Puts the run's identity (instrument and run number) in every job log line."""
+
+    def process(self, msg: Any, kwargs: Any) -> Any:
+        return "[%s] %s" % (self.extra["run"], msg), kwargs  # type: ignore[index]
+
+
+class JobContext:
+    """What a running job may use: config, the broker (via the loop), and subprocesses."""
+
+    def __init__(self, config: Config, hostname: str, work: Work,
+                 publish: Callable[[str, Mapping[str, Any]], None],
+                 env: Mapping[str, str], logger: logging.Logger) -> None:
+        self.config = config
+        self.hostname = hostname
+        self.work = work
+        self.env = env
+        self.log = RunLogger(logger, {"run": work.label})
+        self._publish = publish
+        self._lock = threading.Lock()
+        self._processes: List[JobProcess] = []
+        self._cancel_reason: Optional[str] = None
+        #: Set when a limit killed one of the job's processes.
+        self.kill_reason: Optional[str] = None
+        #: Who cancelled the run, once it is cancelled.
+        self.cancelled_by: Optional[str] = None
+
+    def publish(self, destination: str, body: Mapping[str, Any]) -> None:
+        """Send a message (for example STARTED) in order, before the job's outcome.
+
+        Returns once the agent's loop has handed it to the broker (or queued it for after
+        a reconnect), so a script started next never runs before its STARTED is out."""
+        self._publish(destination, body)
+
+    def run_process(self, argv: Sequence[str], cwd: str, stdout_path: str,
+                    stderr_path: str) -> ProcessResult:
+        """Run a subprocess under the job limits, stdout and stderr to files."""
+        cfg = self.config
+        with open_nofollow(stdout_path) as out, open_nofollow(stderr_path) as err:
+            with self._lock:
+                if self._cancel_reason is not None:
+                    raise Cancelled(self._cancel_reason)
+                proc = JobProcess(argv, cwd, out, err, self.env, cfg.job_nice)
+                self._processes.append(proc)
+            self.log.info("started pid %d: %s", proc.pid, " ".join(argv))
+            try:
+                result = proc.wait(TimeLimit(cfg.task_time_limit_minutes),
+                                   MemoryLimit(cfg.system_mem_limit_perc),
+                                   cfg.mem_check_interval_sec, cfg.kill_grace_sec)
+            finally:
+                with self._lock:
+                    self._processes.remove(proc)
+        self.log.info("pid %d ended: %s%s", proc.pid, result.describe,
+                      ", " + result.kill_reason if result.kill_reason else "")
+        if result.kill_reason:
+            self.kill_reason = result.kill_reason
+        return result
+
+    def cancel(self, who: str) -> None:
+        """Cancel the run (from any thread): kill its processes; later ``run_process`` calls refuse."""
+        reason = "cancelled by %s" % who
+        with self._lock:
+            self.cancelled_by = who
+            self._cancel_reason = reason
+            for proc in self._processes:
+                proc.request_kill(reason)
+
+    def reply(self, destination: str, error: Optional[str] = None, **extra: Any) -> Outcome:
+        """An outcome carrying the input fields back, with ``information`` and maybe ``error``."""
+        return Outcome(destination, outcome(self.work.fields, self.hostname, error, **extra))
+
+
+class Processor:
+    """Base of all processors; a subclass handles the messages of one input queue."""
+
+    name: ClassVar[str] = ""
+    #: Config key holding the name of the input queue.
+    queue_key: ClassVar[str] = ""
+    #: Whether cancel requests apply to this processor's runs (payload is a RunRequest).
+    cancellable: ClassVar[bool] = False
+
+    def __init__(self, config: Config, hostname: str) -> None:
+        self.config = config
+        self.hostname = hostname
+
+    @property
+    def queue(self) -> str:
+        return self.config.destination(self.queue_key)
+
+    def accept(self, data: Dict[str, Any]) -> Work:
+        """Validate a message body into Work; raises InvalidMessage."""
+        raise NotImplementedError
+
+    def run(self, ctx: JobContext) -> Outcome:
+        """Do the work to its outcome; runs on the job's own thread."""
+        raise NotImplementedError
+
+    def invalid(self, fields: Mapping[str, Any], error: str) -> Outcome:
+        """The outcome for a message that failed validation."""
+        return Outcome(self.config.destination("postprocess_error"),
+                       outcome(fields, self.hostname, error))
+
+    def failed(self, ctx: JobContext, error: str) -> Outcome:
+        """The outcome when the job itself broke (an unexpected exception)."""
+        return self.invalid(ctx.work.fields, error)
+
+    def cancelled(self, work: Work, who: str) -> Outcome:
+        """The outcome of a cancelled run."""
+        return self.invalid(work.fields, "cancelled by %s" % who)
