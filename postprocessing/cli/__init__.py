@@ -1,0 +1,1 @@
+"""The ``postprocessing`` command line; only this package configures logging handlers."""

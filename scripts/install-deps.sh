@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Install what the demo and the tests need on a fresh Debian machine (run as root):
+# Java and ActiveMQ Classic, RabbitMQ, rpmbuild, systemd-analyze, PostgreSQL, and the Python
+# package with its test extras.  Safe to run again: it installs only what is missing.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+need=()
+command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
+[ -f /usr/share/activemq/bin/activemq.jar ] || need+=(activemq)
+command -v rpmbuild >/dev/null 2>&1 || need+=(rpm)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
+command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "install-deps: installing ${need[*]}"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# PostgreSQL: a running cluster and a superuser role for the current user.
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+user=$(id -un)
+if command -v runuser >/dev/null 2>&1; then
+    runuser -u postgres -- psql -qtAc "SELECT 1 FROM pg_roles WHERE rolname='$user'" | grep -q 1 \
+        || runuser -u postgres -- psql -qc "CREATE ROLE \"$user\" SUPERUSER LOGIN"
+fi
+
+# RabbitMQ: running, with its STOMP plugin (port 61613), as the tests' second broker.
+if ! rabbitmqctl -q status >/dev/null 2>&1; then
+    rabbitmq-server -detached
+    rabbitmqctl -q await_startup --timeout 120
+fi
+rabbitmq-plugins -q enable rabbitmq_stomp >/dev/null
+
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
