@@ -1,0 +1,157 @@
+"""A private ActiveMQ Classic broker for tests, the demo and the benchmark.
+
+It runs Debian's ``activemq`` jar directly (the packaged wrapper forces a 512 MB heap,
+logs to /dev/null and switches user), with its own data directory, a STOMP connector
+on a free port, the scheduler on (for delayed re-sends), persistence in KahaDB (so a
+restart keeps messages) and one authenticated user.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from typing import List, Optional
+
+ACTIVEMQ_HOME = "/usr/share/activemq"
+
+_XML = """<beans xmlns="http://www.springframework.org/schema/beans"
+  xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+  xsi:schemaLocation="http://www.springframework.org/schema/beans http://www.springframework.org/schema/beans/spring-beans.xsd
+  http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
+  <broker xmlns="http://activemq.apache.org/schema/core" useJmx="false" brokerName="{name}"
+          dataDirectory="{data}" schedulerSupport="true" persistent="true">
+    <destinationPolicy><policyMap><policyEntries>
+      <policyEntry queue=">" producerFlowControl="false"/>
+      <policyEntry topic=">" producerFlowControl="false"/>
+    </policyEntries></policyMap></destinationPolicy>
+    <persistenceAdapter><kahaDB directory="{data}/kahadb"/></persistenceAdapter>
+    <plugins>
+      <simpleAuthenticationPlugin anonymousAccessAllowed="false">
+        <users><authenticationUser username="{user}" password="{password}" groups="users,admins"/></users>
+      </simpleAuthenticationPlugin>
+    </plugins>
+    <systemUsage><systemUsage>
+      <memoryUsage><memoryUsage limit="64 mb"/></memoryUsage>
+      <storeUsage><storeUsage limit="1 gb"/></storeUsage>
+      <tempUsage><tempUsage limit="512 mb"/></tempUsage>
+    </systemUsage></systemUsage>
+    <transportConnectors>
+      <transportConnector name="stomp" uri="stomp://127.0.0.1:{port}?transport.closeAsync=false&amp;transport.tcpNoDelay=true"/>
+    </transportConnectors>
+  </broker>
+</beans>
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def available() -> bool:
+    """Whether Java and Debian's ActiveMQ jar are installed."""
+    return shutil.which("java") is not None and os.path.exists(
+        os.path.join(ACTIVEMQ_HOME, "bin", "activemq.jar"))
+
+
+class LocalActiveMQ:
+    """One broker process; ``start``/``kill``/``stop`` keep the data directory between runs."""
+
+    kind = "activemq"
+
+    def __init__(self, workdir: str, port: Optional[int] = None, user: str = "icat",
+                 password: str = "icat", name: str = "localhost") -> None:
+        self.workdir = os.path.abspath(workdir)
+        self.port = port or free_port()
+        self.user = user
+        self.password = password
+        self.name = name
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.log_path = os.path.join(self.workdir, "broker.log")
+
+    def _write_conf(self) -> str:
+        conf = os.path.join(self.workdir, "conf")
+        os.makedirs(conf, exist_ok=True)
+        os.makedirs(os.path.join(self.workdir, "data"), exist_ok=True)
+        path = os.path.join(conf, "activemq.xml")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(_XML.format(name=self.name, data=os.path.join(self.workdir, "data"),
+                                     port=self.port, user=self.user, password=self.password))
+        with open(os.path.join(conf, "log4j2.properties"), "w", encoding="utf-8") as handle:
+            handle.write("rootLogger.level = WARN\nrootLogger.appenderRef.console.ref = console\n"
+                         "appender.console.type = Console\nappender.console.name = console\n"
+                         "appender.console.layout.type = PatternLayout\n"
+                         "appender.console.layout.pattern = %d %-5p %c{1} - %m%n\n")
+        return path
+
+    def command(self) -> List[str]:
+        xml = self._write_conf()
+        conf = os.path.dirname(xml)
+        return [
+            "java", "-Xmx256m", "-Xss512k", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            "-Dactivemq.home=%s" % ACTIVEMQ_HOME, "-Dactivemq.base=%s" % self.workdir,
+            "-Dactivemq.conf=%s" % conf, "-Dactivemq.data=%s" % os.path.join(self.workdir, "data"),
+            "-Dlog4j2.configurationFile=%s" % os.path.join(conf, "log4j2.properties"),
+            "-jar", os.path.join(ACTIVEMQ_HOME, "bin", "activemq.jar"),
+            "start", "xbean:file:%s?validate=false" % xml,
+        ]
+
+    def start(self, timeout: float = 60.0) -> "LocalActiveMQ":
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        command = self.command()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("ActiveMQ exited with %s; see %s" % (self.proc.returncode, self.log_path))
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        self.kill()
+        raise RuntimeError("ActiveMQ did not open port %d in %.0f s; see %s" % (self.port, timeout, self.log_path))
+
+    def kill(self) -> None:
+        """SIGKILL the broker, as a crash would."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        self._signal(signal.SIGTERM, wait=20.0)
+
+    def _signal(self, sig: int, wait: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            self.proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def main() -> None:
+    """``python -m postprocessing.devtools.activemq DIR [PORT]``: run a broker in the foreground."""
+    import sys
+
+    broker = LocalActiveMQ(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 61613)
+    broker.start()
+    print("ActiveMQ STOMP on 127.0.0.1:%d (user icat/icat); Ctrl-C stops it" % broker.port, flush=True)
+    try:
+        assert broker.proc is not None
+        broker.proc.wait()
+    except KeyboardInterrupt:
+        broker.stop()
+
+
+if __name__ == "__main__":
+    main()
