@@ -1,0 +1,139 @@
+"""Fixtures: a real ActiveMQ broker started by the suite, agents, a facility tree, a client.
+
+Without a broker the broker tests fail under ``CI`` (set by CI) and skip loudly elsewhere.
+"""
+
+import itertools
+import os
+import tempfile
+import warnings
+from typing import Any, Callable, Dict, Iterator, List
+
+import pytest
+
+from postprocessing.devtools import activemq, rabbitmq
+from tests.support import reliability
+from tests.support.agentproc import AgentProcess, queue_names
+from tests.support.client import Collector
+from tests.support.facility import Facility
+
+_counter = itertools.count(1)
+
+
+def _broker_unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail("CI is set and the ActiveMQ broker cannot run: %s" % reason, pytrace=False)
+    warnings.warn("SKIPPING broker tests: %s" % reason, stacklevel=2)
+    pytest.skip("NO BROKER: %s (install Debian's activemq package; under CI=true this fails)" % reason)
+
+
+def start_broker(workdir: str, **kwargs: Any) -> activemq.LocalActiveMQ:
+    if not activemq.available():
+        _broker_unavailable("java or /usr/share/activemq/bin/activemq.jar is missing")
+    broker = activemq.LocalActiveMQ(workdir, **kwargs)
+    try:
+        return broker.start()
+    except RuntimeError as err:
+        _broker_unavailable(str(err))
+        raise
+
+
+BROKERS = [b for b in os.environ.get("PP_TEST_BROKERS", "activemq,rabbitmq").split(",") if b]
+
+
+def pytest_collection_modifyitems(config: Any, items: List[Any]) -> None:
+    """Tests marked ``activemq_only`` or ``rabbitmq_only`` run against that broker only."""
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        kind = callspec.params.get("broker") if callspec else None
+        other = {"rabbitmq": "activemq_only", "activemq": "rabbitmq_only"}.get(kind or "")
+        (drop if other and item.get_closest_marker(other) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session", params=BROKERS)
+def broker(request: Any) -> Iterator[Any]:
+    """Each broker test runs against ActiveMQ Classic and against RabbitMQ's STOMP plugin."""
+    if request.param == "rabbitmq":
+        try:
+            system = rabbitmq.SystemRabbitMQ().ensure()
+        except RuntimeError as err:
+            _broker_unavailable(str(err))
+        yield system
+        return
+    workdir = tempfile.mkdtemp(prefix="pp-broker-")
+    b = start_broker(workdir)
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def facility(tmp_path: Any) -> Facility:
+    root = tmp_path / "data"
+    root.mkdir()
+    return Facility(str(root))
+
+
+@pytest.fixture
+def client(broker: Any) -> Iterator[Collector]:
+    c = Collector(broker.port, broker.user, broker.password, vhost="/" if broker.kind == "rabbitmq" else None)
+    yield c
+    c.close()
+
+
+def base_config(broker: Any, facility: Facility, prefix: str) -> Dict[str, Any]:
+    cfg: Dict[str, Any] = {
+        "brokers": [["127.0.0.1", broker.port]], "amq_user": broker.user, "amq_pwd": broker.password,
+        "broker_type": broker.kind, "allow_root": True,
+        "data_root": facility.root, "heartbeat_interval_sec": 1, "admission_max_load_per_cpu": 0,
+        "admission_min_free_mem_perc": 0, "kill_grace_sec": 2, "reconnect_initial_sec": 0.2,
+        "reconnect_max_sec": 2, "job_nice": 0, "stomp_heartbeat_ms": 2000,
+    }
+    cfg.update(queue_names(prefix))
+    return cfg
+
+
+@pytest.fixture
+def make_agent(broker: Any, facility: Facility, tmp_path: Any,
+               client: Collector) -> Iterator[Callable[..., AgentProcess]]:
+    """Build agents (not started) on the session broker, with test-private queue names.
+
+    The client subscribes to every outcome destination of the first agent's names.
+    """
+    prefix = "T%d_%d" % (os.getpid(), next(_counter))
+    agents: List[AgentProcess] = []
+
+    def make(name: str = "agent", broker_port: int = 0, **overrides: Any) -> AgentProcess:
+        cfg = base_config(broker, facility, prefix)
+        if broker_port:
+            cfg["brokers"] = [["127.0.0.1", broker_port]]
+            cfg.update(amq_user="icat", amq_pwd="icat", broker_type="activemq")
+        cfg.update(overrides)
+        agent = AgentProcess(str(tmp_path), cfg, name=name)
+        if not agents:
+            client.subscribe(*(agent.q(k) for k in (
+                "reduction_started", "reduction_complete", "reduction_error", "reduction_disabled",
+                "postprocess_error")), agent.q("heart_beat"))
+        agents.append(agent)
+        return agent
+
+    yield make
+    for agent in agents:
+        agent.kill()
+
+
+_recorder = reliability.Recorder()
+
+
+@pytest.fixture(scope="session")
+def reliability_rows() -> reliability.Recorder:
+    """Record a row of the README's Reliability table: ``record(test, done, observed)``."""
+    return _recorder
+
+
+def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
+    if _recorder.rows and exitstatus == 0:
+        reliability.save(_recorder.rows)

@@ -1,0 +1,174 @@
+"""The agent's loop on the in-memory transport: settlement, hoarding, disconnects, stops."""
+
+import json
+import threading
+import time
+from typing import Any, Dict, List
+
+from postprocessing.agent.agent import Agent
+from postprocessing.config import Config
+from postprocessing.errors import InvalidMessage
+from postprocessing.processors.base import JobContext, Outcome, Processor, Work
+from postprocessing.transport.memory import MemoryTransport
+
+QUEUE = "/queue/WORK"
+
+
+class Gate(Processor):
+    """A processor whose jobs wait for the test to open their gate."""
+
+    name = "gate"
+    queue_key = "reduction_data_ready"
+
+    def __init__(self, config: Config, hostname: str) -> None:
+        super().__init__(config, hostname)
+        self.gate = threading.Event()
+        self.ran: List[str] = []
+
+    def accept(self, data: Dict[str, Any]) -> Work:
+        if "n" not in data:
+            raise InvalidMessage("N is missing")
+        return Work(data, "run %s" % data["n"], data.get("inst"))
+
+    def run(self, ctx: JobContext) -> Outcome:
+        ctx.publish("/queue/STARTED", {"n": ctx.work.fields["n"]})
+        self.gate.wait(10)
+        self.ran.append(ctx.work.fields["n"])
+        return ctx.reply("/queue/DONE")
+
+
+def make(**overrides: Any):
+    cfg = Config(reduction_data_ready="WORK", admission_max_load_per_cpu=0, admission_min_free_mem_perc=0,
+                 heartbeat_interval_sec=60, reconnect_initial_sec=0.01, **overrides)
+    holder: Dict[str, MemoryTransport] = {}
+
+    def factory(sink):
+        holder["t"] = MemoryTransport(sink)
+        return holder["t"]
+
+    processor = Gate(cfg, "host")
+    agent = Agent(cfg, [processor], "host", factory, {})
+    return agent, holder["t"], processor
+
+
+def spin(agent: Agent, until, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "condition not reached"
+        agent.run_once(max_wait=0.02)
+
+
+def bodies(transport: MemoryTransport, destination: str) -> List[Dict[str, Any]]:
+    return [json.loads(b) for b in transport.sent_to(destination)]
+
+
+def test_outcome_before_ack_and_ack_exactly_once():
+    agent, transport, proc = make()
+    proc.gate.set()
+    agent.run_once(0)
+    msg = transport.publish(QUEUE, json.dumps({"n": "1"}).encode())
+    spin(agent, lambda: transport.acked)
+    assert transport.acked == [msg]
+    assert [b["n"] for b in bodies(transport, "/queue/DONE")] == ["1"]
+    assert bodies(transport, "/queue/DONE")[0]["information"] == "host"
+    sent = [d for d, _b, _h in transport.sent]
+    assert sent.index("/queue/STARTED") < sent.index("/queue/DONE")
+    assert all(h["persistent"] == "true" for d, _b, h in transport.sent if d.startswith("/queue/"))
+
+
+def test_invalid_message_gets_error_then_ack():
+    agent, transport, _proc = make()
+    agent.run_once(0)
+    msg = transport.publish(QUEUE, b'{"no_n": 1}')
+    spin(agent, lambda: transport.acked)
+    errors = bodies(transport, "/queue/POSTPROCESS.ERROR")
+    assert errors[0]["error"] == "N is missing" and transport.acked == [msg]
+
+
+def test_full_agent_holds_nothing_it_cannot_run():
+    agent, transport, proc = make(max_procs=2)
+    agent.run_once(0)
+    for n in range(5):
+        transport.publish(QUEUE, json.dumps({"n": str(n)}).encode())
+    spin(agent, lambda: len(bodies(transport, "/queue/STARTED")) == 2)
+    for _ in range(20):
+        agent.run_once(0.01)
+    assert len(transport.queues[QUEUE]) == 3, "a full agent took more messages than it runs"
+    proc.gate.set()
+    spin(agent, lambda: len(transport.acked) == 5)
+    assert sorted(proc.ran) == ["0", "1", "2", "3", "4"]
+
+
+def test_waiting_for_an_instrument_does_not_block_others():
+    agent, transport, proc = make(max_procs=3, jobs_per_instrument=1)
+    agent.run_once(0)
+    for n, inst in enumerate(["A", "A", "A", "B"]):
+        transport.publish(QUEUE, json.dumps({"n": str(n), "inst": inst}).encode())
+    spin(agent, lambda: len(bodies(transport, "/queue/STARTED")) == 2)
+    started = {b["n"] for b in bodies(transport, "/queue/STARTED")}
+    assert started == {"0", "3"}
+    proc.gate.set()
+    spin(agent, lambda: len(transport.acked) == 4)
+
+
+def test_outcome_finished_while_disconnected_is_sent_after_reconnect():
+    agent, transport, proc = make()
+    agent.run_once(0)
+    msg = transport.publish(QUEUE, b'{"n": "7"}')
+    spin(agent, lambda: bodies(transport, "/queue/STARTED"))
+    transport.drop_connection("broker died")
+    transport.refuse_connect = True
+    agent.run_once(0.05)
+    proc.gate.set()
+    spin(agent, lambda: agent.outbox and not agent.connected and not any(
+        r.state == "running" for r in agent.runs.values()))
+    assert not bodies(transport, "/queue/DONE"), "sent while disconnected?"
+    transport.refuse_connect = False
+    spin(agent, lambda: transport.acked)
+    assert transport.acked == [msg]
+    assert proc.ran == ["7"], "the redelivered run was run again"
+    assert len(bodies(transport, "/queue/DONE")) == 1
+
+
+def test_redelivery_with_a_new_message_id_rejoins_its_job():
+    """RabbitMQ gives a redelivered message a new id: it must still not run twice."""
+    agent, transport, proc = make()
+    transport.fresh_ids = True
+    agent.run_once(0)
+    transport.publish(QUEUE, b'{"n": "8"}')
+    spin(agent, lambda: bodies(transport, "/queue/STARTED"))
+    transport.drop_connection("consumer timeout")
+    spin(agent, lambda: agent.connected and len(agent.runs) == 1 and any(
+        r.delivery.epoch == transport.epoch for r in agent.runs.values()))
+    proc.gate.set()
+    spin(agent, lambda: transport.acked)
+    assert proc.ran == ["8"] and len(transport.acked) == 1
+    assert len(bodies(transport, "/queue/DONE")) == 1
+    assert not transport.queues[QUEUE]
+
+
+def test_stop_gives_back_waiting_runs_and_finishes_running_ones():
+    agent, transport, proc = make(max_procs=1, shutdown_timeout_sec=5)
+    agent.run_once(0)
+    for n in range(3):
+        transport.publish(QUEUE, json.dumps({"n": str(n)}).encode())
+    spin(agent, lambda: bodies(transport, "/queue/STARTED"))
+    agent.request_stop("test")
+    for _ in range(10):
+        agent.run_once(0.01)
+    proc.gate.set()
+    finished = []
+    spin(agent, lambda: finished.append(agent.run_once(0.02)) or finished[-1])
+    assert proc.ran == ["0"] and len(transport.acked) == 1
+    assert len(transport.queues[QUEUE]) == 2
+
+
+def test_ping_reply_and_heartbeat():
+    agent, transport, _proc = make()
+    agent.run_once(0)
+    heartbeats = bodies(transport, "/topic/SNS.COMMON.STATUS.AUTOREDUCE.0")
+    assert heartbeats == [{"src_name": "host", "role": "postprocessing", "status": "0", "pid": str(agent.pid)}]
+    transport.topic("/topic/SNS.COMMON.STATUS.PING", b'{"reply_to": "/queue/PONG", "x": 1}')
+    agent.run_once(0.05)
+    reply = bodies(transport, "/queue/PONG")[0]
+    assert reply["x"] == 1 and reply["src_name"] == "host" and reply["running_jobs"] == 0
