@@ -130,6 +130,24 @@ def test_outcome_finished_while_disconnected_is_sent_after_reconnect():
     assert len(bodies(transport, "/queue/DONE")) == 1
 
 
+def test_runs_settled_on_a_lost_connection_free_their_slots_on_the_new_one():
+    """Failover: runs from the dead broker finish on the backup; their slots must take new work."""
+    agent, transport, proc = make(max_procs=2)
+    agent.run_once(0)
+    for n in ("1", "2"):
+        transport.publish(QUEUE, json.dumps({"n": n}).encode())
+    spin(agent, lambda: len(bodies(transport, "/queue/STARTED")) == 2)
+    transport.drop_connection("first broker died")
+    transport.queues[QUEUE].clear()  # the dead broker keeps them; the backup never had them
+    transport.refuse_connect = True
+    proc.gate.set()
+    spin(agent, lambda: len(agent.outbox) == 2 and not agent.connected)
+    transport.refuse_connect = False
+    fresh = transport.publish(QUEUE, b'{"n": "3"}')
+    spin(agent, lambda: fresh in transport.acked)
+    assert sorted(proc.ran) == ["1", "2", "3"]
+
+
 def test_redelivery_with_a_new_message_id_rejoins_its_job():
     """RabbitMQ gives a redelivered message a new id: it must still not run twice."""
     agent, transport, proc = make()

@@ -386,14 +386,19 @@ class Agent:
             self._settle(run)
 
     def _settle(self, run: Run) -> None:
-        """Acknowledge a run's message: the only place run messages are acked."""
+        """Acknowledge a run's message: the only place run messages are acked.
+
+        The run is over either way, so its room goes back to the subscriptions even when
+        the ack cannot be sent (its delivery died with an earlier connection, for example
+        on a broker the agent failed over from).
+        """
         self.runs.pop(run.key, None)
         try:
             self.transport.ack(run.delivery)
         except NotConnected:
             logger.info("message %s will be redelivered after reconnect and acked then", run.key)
-            return
-        self.subs.done(run.delivery)
+        else:
+            self.subs.done(run.delivery)
         self._reconcile()
 
     def _forget(self, run: Run, why: str) -> None:
