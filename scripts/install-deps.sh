@@ -32,6 +32,8 @@ fi
 # RabbitMQ: running, with its STOMP plugin (port 61613), as the tests' second broker.
 if ! rabbitmqctl -q status >/dev/null 2>&1; then
     rabbitmq-server -detached
+    # The node registers with epmd a moment after -detached returns: wait for it, then for boot.
+    for _ in $(seq 1 60); do rabbitmqctl -q await_startup --timeout 120 >/dev/null 2>&1 && break; sleep 1; done
     rabbitmqctl -q await_startup --timeout 120
 fi
 rabbitmq-plugins -q enable rabbitmq_stomp >/dev/null

@@ -42,6 +42,19 @@ class Disconnected:
     reason: str
 
 
+@dataclasses.dataclass(frozen=True)
+class SendRefused:
+    """The broker refused a frame sent with a ``receipt`` header (an ERROR frame naming it).
+
+    Artemis does this for a SEND it will not route (security, a full address, auto-create
+    off) and keeps the connection open; the frame was not stored.
+    """
+
+    receipt_id: str
+    epoch: int
+    reason: str
+
+
 Sink = Callable[[object], None]
 
 
