@@ -59,7 +59,7 @@ class Config:
     brokers: Tuple[Tuple[str, int], ...] = (("localhost", 61613),)
     amq_user: str = ""
     amq_pwd: str = dataclasses.field(default="", repr=False)
-    broker_type: str = "activemq"
+    broker_type: str = "auto"
     stomp_vhost: str = ""
     allow_root: bool = False
     umask: str = "022"
@@ -140,7 +140,8 @@ class Config:
     stage_output: bool = False
     # operations: classic daemon, dead letters, metrics
     pid_file: str = "/opt/postprocessing/postprocessing.pid"
-    dead_letter_queue: str = "ActiveMQ.DLQ"
+    #: "" means the broker's own: ActiveMQ.DLQ on ActiveMQ Classic, DLQ on Artemis.
+    dead_letter_queue: str = ""
     metrics_port: int = 0
     metrics_address: str = "0.0.0.0"
 
@@ -241,8 +242,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("system_mem_limit_perc", "must be a percentage in (0, 100]")
     if not -20 <= cfg.job_nice <= 19:
         raise ConfigError("job_nice", "must be between -20 and 19")
-    if cfg.broker_type not in ("activemq", "rabbitmq"):
-        raise ConfigError("broker_type", "must be 'activemq' or 'rabbitmq'")
+    if cfg.broker_type not in ("auto", "activemq", "artemis", "rabbitmq"):
+        raise ConfigError("broker_type", "must be 'auto', 'activemq', 'artemis' or 'rabbitmq'")
     if logging.getLevelName(cfg.log_level.upper()) not in (10, 20, 30, 40, 50):
         raise ConfigError("log_level", "unknown level %r" % cfg.log_level)
     if not os.path.isabs(cfg.data_root):

@@ -120,23 +120,9 @@ class ReductionProcessor(Processor):
         if not isinstance(delay, (int, float)) or isinstance(delay, bool) or not 0 <= delay <= _MAX_RETRY_IN_SEC:
             delay = cfg.data_retry_delay_sec
         ctx.log.warning("%s; attempt %d of %d again in %g s", problem, attempt + 1, cfg.data_retry_max + 1, delay)
-        destination, headers = self.delayed(int(delay * 1000))
-        return Outcome(destination, dict(req.fields, attempt=attempt + 1), headers)
-
-    def delayed(self, delay_ms: int) -> "tuple[str, dict[str, str]]":
-        """Where and how to re-send a run so that it comes back in ``delay_ms``.
-
-        ActiveMQ schedules it (``AMQ_SCHEDULED_DELAY``).  RabbitMQ has no scheduler: the
-        run waits in ``<queue>.DELAY``, with no consumer, until its ``expiration``, and is
-        then dead-lettered back to the input queue.
-        """
-        if not delay_ms:
-            return self.queue, {}
-        if self.config.broker_type != "rabbitmq":
-            return self.queue, {"AMQ_SCHEDULED_DELAY": str(delay_ms)}
-        name = self.queue[len("/queue/"):] if self.queue.startswith("/queue/") else self.queue
-        return "/queue/%s.DELAY" % name, {"expiration": str(delay_ms), "x-dead-letter-exchange": "",
-                                           "x-dead-letter-routing-key": name}
+        # The transport turns the delay into the broker's own mechanism (docs/brokers.md).
+        headers = {"AMQ_SCHEDULED_DELAY": str(int(delay * 1000))} if delay else {}
+        return Outcome(self.queue, dict(req.fields, attempt=attempt + 1), headers)
 
     def run_summary(self, ctx: JobContext, req: RunRequest, inst_dir: str, out_dir: str, log_dir: str,
                     base: str) -> None:

@@ -65,8 +65,12 @@ class Transport(Protocol):
     connected_to: str
     #: Position in the broker list of the broker connected to (-1: none).
     connected_index: int
-    #: Whether dropping a subscription returns its un-acked messages to the queue (ActiveMQ).
-    returns_on_unsubscribe: bool
+    #: The kind of broker connected to: "activemq", "artemis" or "rabbitmq".
+    kind: str
+
+    @property
+    def returns_on_unsubscribe(self) -> bool:
+        """Whether dropping a subscription returns its un-acked messages to the queue (ActiveMQ, Artemis)."""
 
     def connect(self) -> None:
         """Connect to the first broker that answers; raises TransportError otherwise."""
