@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
-from postprocessing.devtools import activemq, artemis, rabbitmq
+from postprocessing.devtools import activemq, artemis, rabbitmq, rabbitmq_local
 from tests.support import reliability
 from tests.support.agentproc import AgentProcess, queue_names
 from tests.support.client import Collector
@@ -50,6 +50,19 @@ def start_artemis(workdir: str, **kwargs: Any) -> artemis.LocalArtemis:
         raise
 
 
+def start_rabbitmq(workdir: str, **kwargs: Any) -> rabbitmq_local.LocalRabbitMQ:
+    if not rabbitmq_local.available():
+        _broker_unavailable("rabbitmq-server or erl is missing")
+    broker = rabbitmq_local.LocalRabbitMQ(workdir, **kwargs)
+    try:
+        return broker.start()
+    except RuntimeError as err:
+        _broker_unavailable(str(err))
+        raise
+
+
+_STARTERS = {"activemq": start_broker, "artemis": start_artemis, "rabbitmq": start_rabbitmq}
+
 BROKERS = [b for b in os.environ.get("PP_TEST_BROKERS", "activemq,artemis,rabbitmq").split(",") if b]
 _ONLY = ("activemq_only", "artemis_only", "rabbitmq_only")
 
@@ -84,6 +97,21 @@ def broker(request: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
+def private_broker(broker: Any, tmp_path: Any) -> Iterator[Callable[..., Any]]:
+    """Start brokers of the session broker's kind that the test owns: it may kill and restart them."""
+    started: List[Any] = []
+
+    def start(name: str = "broker", **kwargs: Any) -> Any:
+        b = _STARTERS[broker.kind](str(tmp_path / name), **kwargs)
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        b.kill()
+
+
+@pytest.fixture
 def facility(tmp_path: Any) -> Facility:
     root = tmp_path / "data"
     root.mkdir()
@@ -92,9 +120,14 @@ def facility(tmp_path: Any) -> Facility:
 
 @pytest.fixture
 def client(broker: Any) -> Iterator[Collector]:
-    c = Collector(broker.port, broker.user, broker.password, vhost="/" if broker.kind == "rabbitmq" else None)
+    c = collector(broker)
     yield c
     c.close()
+
+
+def collector(broker: Any) -> Collector:
+    """A test client of ``broker``."""
+    return Collector(broker.port, broker.user, broker.password, vhost="/" if broker.kind == "rabbitmq" else None)
 
 
 def base_config(broker: Any, facility: Facility, prefix: str) -> Dict[str, Any]:
@@ -119,11 +152,9 @@ def make_agent(broker: Any, facility: Facility, tmp_path: Any,
     prefix = "T%d_%d" % (os.getpid(), next(_counter))
     agents: List[AgentProcess] = []
 
-    def make(name: str = "agent", broker_port: int = 0, **overrides: Any) -> AgentProcess:
-        cfg = base_config(broker, facility, prefix)
-        if broker_port:
-            cfg["brokers"] = [["127.0.0.1", broker_port]]
-            cfg.update(amq_user="icat", amq_pwd="icat", broker_type="activemq")
+    def make(name: str = "agent", on: Any = None, **overrides: Any) -> AgentProcess:
+        """``on``: another broker (from ``private_broker``) for this agent."""
+        cfg = base_config(on or broker, facility, prefix)
         cfg.update(overrides)
         agent = AgentProcess(str(tmp_path), cfg, name=name)
         if not agents:

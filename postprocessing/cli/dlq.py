@@ -48,8 +48,8 @@ def add_parser(sub: Any) -> None:
     def action(name: str, help_text: str, select: bool) -> argparse.ArgumentParser:
         a = actions.add_parser(name, help=help_text, description=help_text)
         a.add_argument("--dlq", metavar="QUEUE", help="the dead letter queue (default: from the config)")
-        a.add_argument("--limit", type=int, default=1000, metavar="N",
-                       help="read at most N messages (default 1000)")
+        a.add_argument("--limit", type=int, default=10000, metavar="N",
+                       help="read at most N messages (default 10000)")
         a.add_argument("--wait", type=float, default=1.0, metavar="SECONDS",
                        help="stop reading when no message came for this long (default 1)")
         if select:

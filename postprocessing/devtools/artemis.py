@@ -124,6 +124,18 @@ class LocalArtemis:
         self.kill()
         raise RuntimeError("Artemis did not open port %d in %.0f s; see %s" % (self.port, timeout, self.log_path))
 
+    def wait_log(self, text: str, timeout: float = 60.0) -> None:
+        """Until the broker's log contains ``text`` (a backup says when it is ready to take over)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+                if text in handle.read():
+                    return
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError("Artemis exited; see %s" % self.log_path)
+            time.sleep(0.2)
+        raise RuntimeError("Artemis did not log %r in %.0f s; see %s" % (text, timeout, self.log_path))
+
     def answers(self) -> bool:
         import socket
 
