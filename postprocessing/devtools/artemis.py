@@ -45,7 +45,8 @@ class LocalArtemis:
 
     def __init__(self, workdir: str, port: Optional[int] = None, user: str = "icat", password: str = "icat",
                  name: str = "autoreduce", host: str = "127.0.0.1", role: str = "primary",
-                 store: Optional[str] = None, max_delivery_attempts: int = 10) -> None:
+                 store: Optional[str] = None, max_delivery_attempts: int = 10,
+                 address_settings: str = "") -> None:
         self.workdir = os.path.abspath(workdir)
         self.port = port or free_port()
         self.core_port = free_port()
@@ -56,6 +57,8 @@ class LocalArtemis:
         self.role = role
         self.store = os.path.abspath(store or os.path.join(self.workdir, "data"))
         self.max_delivery_attempts = max_delivery_attempts
+        #: Extra <address-setting> elements, for tests (for example a small address that refuses sends).
+        self.address_settings = address_settings
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.instance = os.path.join(self.workdir, "instance")
         self.log_path = os.path.join(self.workdir, "broker.log")
@@ -76,7 +79,10 @@ class LocalArtemis:
         if created.returncode != 0:
             raise RuntimeError("artemis create failed (%d); see %s" % (created.returncode, self.log_path))
         etc = os.path.join(self.instance, "etc")
-        shutil.copyfile(BROKER_XML, os.path.join(etc, "broker.xml"))
+        with open(BROKER_XML, encoding="utf-8") as handle:
+            xml = handle.read()
+        with open(os.path.join(etc, "broker.xml"), "w", encoding="utf-8") as handle:
+            handle.write(xml.replace("</address-settings>", self.address_settings + "</address-settings>"))
         users = dict(USERS, **{self.user: self.password})
         with open(os.path.join(etc, "artemis-users.properties"), "w", encoding="utf-8") as handle:
             handle.writelines("%s = %s\n" % item for item in sorted(users.items()))

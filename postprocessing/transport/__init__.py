@@ -47,7 +47,8 @@ class SendRefused:
     """The broker refused a frame sent with a ``receipt`` header (an ERROR frame naming it).
 
     Artemis does this for a SEND it will not route (security, a full address, auto-create
-    off) and keeps the connection open; the frame was not stored.
+    off); the frame was not stored.  Artemis 2.40 then closes the connection, so a
+    :class:`Disconnected` follows.
     """
 
     receipt_id: str

@@ -96,9 +96,11 @@ class _Listener(stomp.ConnectionListener):  # type: ignore[misc]
         message = frame.headers.get("message", "broker error")
         receipt = frame.headers.get("receipt-id")
         if receipt is not None and self.connected.is_set():
+            # Artemis 2.40 refuses a SEND (no permission, address full with FAIL, no such
+            # address) this way, then closes the connection.
             logger.error("broker refused frame %s: %s", receipt, message)
             self.sink(SendRefused(receipt, self.epoch, message))
-            return
+            message = "refused frame %s: %s" % (receipt, message)
         self.error = message
         logger.error("broker error: %s", self.error)
 
