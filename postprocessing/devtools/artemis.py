@@ -142,6 +142,16 @@ class LocalArtemis:
             time.sleep(0.2)
         raise RuntimeError("Artemis did not log %r in %.0f s; see %s" % (text, timeout, self.log_path))
 
+    def addresses(self) -> List[str]:
+        """The broker's addresses, from ``artemis address show`` over the Core acceptor."""
+        shown = subprocess.run(
+            [os.path.join(self.instance, "bin", "artemis"), "address", "show", "--url",
+             "tcp://%s:%d" % (self.host, self.core_port), "--user", self.user, "--password", self.password],
+            capture_output=True, text=True, timeout=120, env=self.environment())
+        if shown.returncode != 0:
+            raise RuntimeError("artemis address show failed: %s" % shown.stderr.strip()[-500:])
+        return [line.strip() for line in shown.stdout.splitlines()[1:] if line.strip()]
+
     def answers(self) -> bool:
         import socket
 
