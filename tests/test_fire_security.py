@@ -10,9 +10,8 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import start_broker
+from tests.conftest import collector
 from tests.support.agentproc import ROOT
-from tests.support.client import Collector
 
 pytestmark = [pytest.mark.broker, pytest.mark.fire]
 
@@ -31,15 +30,13 @@ time.sleep(1)
 """
 
 
-@pytest.mark.activemq_only
-def test_credentials_never_leak(make_agent, facility, tmp_path, reliability_rows):
-    broker = start_broker(str(tmp_path / "broker"), password=PASSWORD)
+def test_credentials_never_leak(make_agent, facility, private_broker, reliability_rows):
+    broker = private_broker(password=PASSWORD)
     try:
         facility.script("CNCS", LEAKY_SCRIPT)
-        agent = make_agent(broker_port=broker.port, amq_pwd=PASSWORD, oncat_api_token=TOKEN,
-                           oncat_url="http://127.0.0.1:9", log_level="DEBUG")
+        agent = make_agent(on=broker, oncat_api_token=TOKEN, oncat_url="http://127.0.0.1:9", log_level="DEBUG")
         agent.start()
-        watcher = Collector(broker.port, password=PASSWORD)
+        watcher = collector(broker)
         keys = ("reduction_started", "reduction_complete", "reduction_error", "postprocess_error",
                 "catalog_error", "catalog_started")
         watcher.subscribe(*(agent.q(k) for k in keys))
@@ -70,7 +67,7 @@ def test_credentials_never_leak(make_agent, facility, tmp_path, reliability_rows
         assert job_cmdlines and seen["env"].get("POSTPROCESSING_AGENT")
         assert "ONCAT:" in watcher.get(agent.q("catalog_error"))[0]["error"]
         reliability_rows.record(
-            "credentials",
+            "credentials" + ("" if broker.kind == "activemq" else "_" + broker.kind),
             "broker password and ONCat token set; a reduction, a malformed run and a failing ONCat ingest, "
             "log level DEBUG",
             "neither secret in the agent log, stderr, agent or job command lines, job environment or "
