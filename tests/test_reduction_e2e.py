@@ -197,7 +197,8 @@ def test_communication_only_runs_nothing(make_agent, facility, client):
 
 def test_himem_queue_reduces_too(make_agent, facility, client):
     facility.script("CNCS", OK_SCRIPT)
-    agent = make_agent().start()
+    agent = make_agent(processors=["reduction_processor.ReductionProcessor",
+                                   "reduction_processor.ReductionProcessorHighMemory"]).start()
     client.send(agent.q("reduction_himem_data_ready"), facility.run("CNCS", "IPTS-1", 14))
     assert client.wait(agent.q("reduction_complete"))[0]["run_number"] == "14"
 
