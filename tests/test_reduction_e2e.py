@@ -90,7 +90,7 @@ def test_data_file_problems_go_to_postprocess_error(make_agent, facility, client
     errors = client.wait(agent.q("postprocess_error"), 3)
     texts = sorted(e["error"] for e in errors)
     assert "Data file not found: %s" % missing in texts
-    assert any(t.startswith("Data file open error: %s" % directory) for t in texts)
+    assert any(t.startswith("Data file open error for file %s" % directory) for t in texts)
     assert "Data file is outside the data root: /etc/hostname" in texts
     assert not client.get(agent.q("reduction_started"))
 

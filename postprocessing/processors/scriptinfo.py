@@ -5,7 +5,9 @@ import dataclasses
 import re
 from typing import FrozenSet, Optional
 
-_CONDA_ENV = re.compile(r"""^CONDA_ENV\s*=\s*['"]([A-Za-z0-9._-]+)['"]""", re.MULTILINE)
+#: As the SNS agent reads it: indented or not, the value quoted or not.
+_CONDA_ENV = re.compile(r"""^[ \t]*CONDA_ENV[ \t]*=[ \t]*(['"]?)([A-Za-z0-9._-]+)\1(?![A-Za-z0-9._-])""",
+                        re.MULTILINE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +49,7 @@ def inspect_script(path: str) -> ScriptInfo:
     except OSError:
         return ScriptInfo()
     match = _CONDA_ENV.search(source)
-    conda_env = match.group(1) if match else None
+    conda_env = match.group(2) if match else None
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
