@@ -2,6 +2,7 @@
 
 import configparser
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -60,6 +61,15 @@ def test_unit_settings():
     assert service["TimeoutStopSec"] == "75min", "must exceed the 60 min job limit plus the shutdown"
     assert service["Environment"] == "POSTPROCESSING_CONFIG=/etc/autoreduce/post_processing.conf"
     assert read_unit(UNIT)["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_psycopg2_is_a_core_dependency():
+    """``requeue --from-db`` works after a plain ``pip install .``: no extra to ask for."""
+    text = open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8").read()
+    core = re.search(r"^dependencies = \[(.*?)\]", text, re.MULTILINE | re.DOTALL)
+    assert core is not None
+    assert re.search(r'"psycopg2-binary>=2\.9"', core.group(1)), core.group(1)
+    assert "[db]" not in open(os.path.join(ROOT, "postprocessing", "cli", "requeue.py")).read()
 
 
 # -- the RPM ---------------------------------------------------------------------------
