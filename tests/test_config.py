@@ -147,3 +147,4 @@ def test_log_file_that_cannot_be_written_is_a_config_error(tmp_path):
     conf.write_text(json.dumps({"log_file": str(blocker / "sub" / "x.log"), "allow_root": True}))
     result = cli("--config", str(conf), "run")
     assert result.returncode == 2 and "log_file" in result.stderr
+    assert "the log directory %s is missing and cannot be created" % (blocker / "sub") in result.stderr
