@@ -20,9 +20,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_PATH = "/etc/autoreduce/post_processing.conf"
 ENV_VAR = "POSTPROCESSING_CONFIG"
 
-#: Keys of the SNS agent that the new design does not use.
+#: Keys of the SNS agent that the new design does not use (``failover_uri`` gives the
+#: brokers when ``brokers`` is absent).
 LEGACY_IGNORED = (
-    "failover_uri",
     "sw_dir",
     "python_dir",
     "start_script",
@@ -240,6 +240,17 @@ def _coerce_brokers(value: Any) -> Tuple[Tuple[str, int], ...]:
     return tuple(out)
 
 
+_FAILOVER_BROKER = re.compile(r"(?:tcp|stomp)://([^:/,()?\s]+):([0-9]{1,5})")
+
+
+def brokers_from_failover(uri: str) -> Tuple[Tuple[str, int], ...]:
+    """``failover:(tcp://a:61613,tcp://b:61613)?...`` -> ``(("a", 61613), ("b", 61613))``."""
+    found = tuple((host, int(port)) for host, port in _FAILOVER_BROKER.findall(uri))
+    if not found or not all(0 < port < 65536 for _, port in found):
+        raise ConfigError("failover_uri", "no tcp://host:port broker in %r" % uri)
+    return found
+
+
 def _map_processors(names: Tuple[str, ...]) -> Tuple[str, ...]:
     out: List[str] = []
     for name in names:
@@ -310,6 +321,15 @@ def from_mapping(data: Mapping[str, Any]) -> Tuple[Config, List[str]]:
     values: Dict[str, Any] = {}
     notes: List[str] = []
     for key, value in data.items():
+        if key == "failover_uri":
+            if "brokers" in data:
+                notes.append("configuration key 'failover_uri' is not needed beside 'brokers' and is ignored")
+            elif isinstance(value, str):
+                values["brokers"] = brokers_from_failover(value)
+                notes.append("brokers %s taken from 'failover_uri'" % (values["brokers"],))
+            else:
+                raise ConfigError("failover_uri", "expected a string, got %s" % _type_name(value))
+            continue
         if key in LEGACY_IGNORED:
             notes.append("configuration key '%s' is not needed any more and is ignored" % key)
             continue

@@ -2,12 +2,9 @@
 
 import ast
 import dataclasses
-import re
 from typing import FrozenSet, Optional
 
-#: As the SNS agent reads it: indented or not, the value quoted or not.
-_CONDA_ENV = re.compile(r"""^[ \t]*CONDA_ENV[ \t]*=[ \t]*(['"]?)([A-Za-z0-9._-]+)\1(?![A-Za-z0-9._-])""",
-                        re.MULTILINE)
+from postprocessing.jobs import condaenv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +45,7 @@ def inspect_script(path: str) -> ScriptInfo:
             source = handle.read()
     except OSError:
         return ScriptInfo()
-    match = _CONDA_ENV.search(source)
-    conda_env = match.group(2) if match else None
+    conda_env = condaenv.conda_env(source)
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
