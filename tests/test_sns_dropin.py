@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from postprocessing import config, processors
-from postprocessing.cli import mantidpython
 from postprocessing.errors import ConfigError
+from postprocessing.jobs import mantidpython
 from tests.support.agentproc import ROOT
 from tests.support.sns import FILES, sns_config, sns_file
 
@@ -67,8 +67,8 @@ def test_mantidpython_command(tmp_path, source, expected):
 
 
 def test_mantidpython_usage_and_unreadable_script(tmp_path):
-    run = [sys.executable, os.path.join(ROOT, "scripts", "mantidpython.py")]
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    run = [sys.executable, os.path.join(ROOT, "postprocessing", "jobs", "mantidpython.py")]
+    env = dict(os.environ, PYTHONPATH="")
     proc = subprocess.run(run + ["only-one"], capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 2 and "usage: mantidpython.py" in proc.stderr
     proc = subprocess.run(run + [str(tmp_path / "absent.py"), "d", "o"], capture_output=True, text=True, env=env,

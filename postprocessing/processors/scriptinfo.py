@@ -4,7 +4,7 @@ import ast
 import dataclasses
 from typing import FrozenSet, Optional
 
-from postprocessing.jobs import condaenv
+from postprocessing.jobs.mantidpython import conda_env as read_conda_env
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,7 @@ def inspect_script(path: str) -> ScriptInfo:
             source = handle.read()
     except OSError:
         return ScriptInfo()
-    conda_env = condaenv.conda_env(source)
+    conda_env = read_conda_env(source)
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
