@@ -74,3 +74,14 @@ def test_mantidpython_usage_and_unreadable_script(tmp_path):
     proc = subprocess.run(run + [str(tmp_path / "absent.py"), "d", "o"], capture_output=True, text=True, env=env,
                           timeout=60)
     assert proc.returncode == 1 and "cannot read" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_configuration_readme_says_what_differs_from_sns():
+    with open(os.path.join(ROOT, "configuration", "README.md"), encoding="utf-8") as handle:
+        text = handle.read()
+    section = text.split("## Coming from the SNS agent", 1)
+    assert len(section) == 2, "configuration/README.md has no section 'Coming from the SNS agent'"
+    for key in ("failover_uri", "CATALOG.ERROR", "mantidpython.py", "communication_only"):
+        assert key in section[1], key
+    for key in ("calvera_ingest_url", "intersect_ingest_url", "ingest_timeout_sec", "test_data_ready"):
+        assert "`%s`" % key in text, key
