@@ -1,3 +1,3 @@
 """postprocessing: the autoreduction agent for neutron-scattering facilities."""
 
-__version__ = "0.1.0"
+__version__ = "5.0.0"

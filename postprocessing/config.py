@@ -20,9 +20,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_PATH = "/etc/autoreduce/post_processing.conf"
 ENV_VAR = "POSTPROCESSING_CONFIG"
 
-#: Keys of the SNS agent that the new design does not use.
+#: Keys of the SNS agent that the new design does not use (``failover_uri`` gives the
+#: brokers when ``brokers`` is absent).
 LEGACY_IGNORED = (
-    "failover_uri",
     "sw_dir",
     "python_dir",
     "start_script",
@@ -38,9 +38,21 @@ LEGACY_PROCESSORS = {
     "oncat_processor.ONCatProcessor": "oncat",
     "oncat_reduced_processor.ONCatProcessor": "oncat_reduced",
     "create_reduction_script_processor.CreateReductionScriptProcessor": "create_script",
+    "calvera_processor.CalveraProcessor": "calvera",
+    "calvera_processor.CalveraReducedProcessor": "calvera_reduced",
+    "intersect_processor.IntersectProcessor": "intersect",
+    "intersect_processor.IntersectReducedProcessor": "intersect_reduced",
+    "test_processor.TestProcessor": "test",
 }
-ALL_PROCESSORS = ("reduction", "reduction_himem", "oncat", "oncat_reduced", "create_script")
+ALL_PROCESSORS = ("reduction", "reduction_himem", "oncat", "oncat_reduced", "create_script",
+                  "calvera", "calvera_reduced", "intersect", "intersect_reduced", "test")
+#: What runs when the config has no ``processors``: the SNS agent's default list.
+DEFAULT_PROCESSORS = ("oncat", "oncat_reduced", "create_script", "reduction")
+#: Processors that need a URL, and the config key giving it.
+_URL_KEYS = {"calvera": "calvera_ingest_url", "calvera_reduced": "calvera_ingest_url",
+             "intersect": "intersect_ingest_url", "intersect_reduced": "intersect_ingest_url"}
 
+_FACILITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SECRET_KEYS = frozenset({"amq_pwd", "oncat_api_token"})
 
 
@@ -100,6 +112,23 @@ class Config:
     oncat_api_token: str = dataclasses.field(default="", repr=False)
     oncat_timeout_sec: float = 60.0
     image_filepath_metadata_paths: Tuple[str, ...] = ("metadata.entry.daslogs.bl10:exp:im:imagefilepath.value",)
+    # HTTP cataloguers (Calvera, INTERSECT)
+    calvera_ingest_url: str = ""
+    intersect_ingest_url: str = ""
+    ingest_timeout_sec: float = 3.0
+    calvera_raw_data_ready: str = "CALVERA.RAW.DATA_READY"
+    calvera_raw_complete: str = "CALVERA.RAW.COMPLETE"
+    calvera_raw_error: str = "CALVERA.RAW.ERROR"
+    calvera_reduced_data_ready: str = "CALVERA.REDUCED.DATA_READY"
+    calvera_reduced_complete: str = "CALVERA.REDUCED.COMPLETE"
+    calvera_reduced_error: str = "CALVERA.REDUCED.ERROR"
+    intersect_raw_data_ready: str = "INTERSECT.RAW.DATA_READY"
+    intersect_raw_complete: str = "INTERSECT.RAW.COMPLETE"
+    intersect_raw_error: str = "INTERSECT.RAW.ERROR"
+    intersect_reduced_data_ready: str = "INTERSECT.REDUCED.DATA_READY"
+    intersect_reduced_complete: str = "INTERSECT.REDUCED.COMPLETE"
+    intersect_reduced_error: str = "INTERSECT.REDUCED.ERROR"
+    test_data_ready: str = "REDUCTION.TESTPROCESSOR.DATA_READY"
     # reduction scripts
     script_backup_count: int = 5
     # facility layout
@@ -108,11 +137,11 @@ class Config:
     dev_output_dir: str = ""
     dev_instrument_shared: str = ""
     # jobs
-    processors: Tuple[str, ...] = ALL_PROCESSORS
+    processors: Tuple[str, ...] = DEFAULT_PROCESSORS
     communication_only: bool = False
     max_procs: int = 5
     jobs_per_instrument: int = 2
-    exceptions: Tuple[str, ...] = ()
+    exceptions: Tuple[str, ...] = ("Error in logging framework",)
     python_exec: str = "python3"
     conda_wrapper: Tuple[str, ...] = ("nsd-conda-wrap.sh", "{env}", "--classic")
     system_mem_limit_perc: float = 70.0
@@ -212,6 +241,17 @@ def _coerce_brokers(value: Any) -> Tuple[Tuple[str, int], ...]:
     return tuple(out)
 
 
+_FAILOVER_BROKER = re.compile(r"(?:tcp|stomp)://([^:/,()?\s]+):([0-9]{1,5})")
+
+
+def brokers_from_failover(uri: str) -> Tuple[Tuple[str, int], ...]:
+    """``failover:(tcp://a:61613,tcp://b:61613)?...`` -> ``(("a", 61613), ("b", 61613))``."""
+    found = tuple((host, int(port)) for host, port in _FAILOVER_BROKER.findall(uri))
+    if not found or not all(0 < port < 65536 for _, port in found):
+        raise ConfigError("failover_uri", "no tcp://host:port broker in %r" % uri)
+    return found
+
+
 def _map_processors(names: Tuple[str, ...]) -> Tuple[str, ...]:
     out: List[str] = []
     for name in names:
@@ -227,13 +267,12 @@ def _validate(cfg: Config) -> None:
     positive = ("max_procs", "heartbeat_interval_sec", "mem_check_interval_sec",
                 "task_time_limit_minutes", "max_body_bytes", "connect_timeout_sec",
                 "reconnect_initial_sec", "reconnect_max_sec", "admission_check_interval_sec",
-                "oncat_timeout_sec")
+                "oncat_timeout_sec", "ingest_timeout_sec", "max_wait_hold_sec")
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ConfigError(key, "must be greater than 0")
     for key in ("failback_interval_sec", "data_retry_delay_sec", "data_retry_max", "cancel_window_sec",
-                "max_wait_hold_sec",
-                "jobs_per_instrument", "kill_grace_sec", "stomp_heartbeat_ms",
+                "log_max_bytes", "log_backup_count", "jobs_per_instrument", "kill_grace_sec", "stomp_heartbeat_ms",
                 "admission_max_load_per_cpu", "admission_min_free_mem_perc", "shutdown_timeout_sec",
                 "script_backup_count"):
         if getattr(cfg, key) < 0:
@@ -242,6 +281,17 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("system_mem_limit_perc", "must be a percentage in (0, 100]")
     if not -20 <= cfg.job_nice <= 19:
         raise ConfigError("job_nice", "must be between -20 and 19")
+    own_nice = os.nice(0)
+    if cfg.job_nice < own_nice:
+        raise ConfigError("job_nice", "%d is below the agent's own niceness %d: a job cannot be given "
+                                      "a higher priority than the agent" % (cfg.job_nice, own_nice))
+    if not _FACILITY.fullmatch(cfg.facility):
+        raise ConfigError("facility", "%r is not a plain name such as \"SNS\" (letters, digits, '.', '_', '-')"
+                          % cfg.facility)
+    for name in cfg.processors:
+        url_key = _URL_KEYS.get(name)
+        if url_key and not getattr(cfg, url_key):
+            raise ConfigError(url_key, "must be set: processor %r is listed" % name)
     if cfg.broker_type not in ("auto", "activemq", "artemis", "rabbitmq"):
         raise ConfigError("broker_type", "must be 'auto', 'activemq', 'artemis' or 'rabbitmq'")
     if logging.getLevelName(cfg.log_level.upper()) not in (10, 20, 30, 40, 50):
@@ -272,6 +322,15 @@ def from_mapping(data: Mapping[str, Any]) -> Tuple[Config, List[str]]:
     values: Dict[str, Any] = {}
     notes: List[str] = []
     for key, value in data.items():
+        if key == "failover_uri":
+            if "brokers" in data:
+                notes.append("configuration key 'failover_uri' is not needed beside 'brokers' and is ignored")
+            elif isinstance(value, str):
+                values["brokers"] = brokers_from_failover(value)
+                notes.append("brokers %s taken from 'failover_uri'" % (values["brokers"],))
+            else:
+                raise ConfigError("failover_uri", "expected a string, got %s" % _type_name(value))
+            continue
         if key in LEGACY_IGNORED:
             notes.append("configuration key '%s' is not needed any more and is ignored" % key)
             continue

@@ -84,9 +84,9 @@ def check_readable(cfg: Config, path: str) -> Optional[str]:
     except PermissionError:
         return "Data file permission denied: %s" % path
     except OSError as err:
-        return "Data file open error: %s: %s" % (path, err.strerror or err)
+        return "Data file open error for file %s: %s" % (path, err.strerror or err)
     try:
         regular = stat.S_ISREG(os.fstat(fd).st_mode)
     finally:
         os.close(fd)
-    return None if regular else "Data file open error: %s: not a regular file" % path
+    return None if regular else "Data file open error for file %s: not a regular file" % path

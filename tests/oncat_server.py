@@ -4,6 +4,7 @@
   ``instrument``, ``experiment``, ``indexed.run_number``, plus any extra fields a test
   set for that path, such as imaging ``metadata``); 404 if the file does not exist.
 - ``POST /api/reductions/<path>/ingest``: 200 with the reduction; 404 if the file does not exist.
+- A file in ``refused`` gets 400, which pyoncat reports as "Bad request".
 - ``POST /api/datafiles/batch`` with a JSON list of paths: 200.
 - Every request without ``Authorization: Bearer <token>`` gets 403.
 
@@ -57,6 +58,8 @@ class ONCatServer:
         self.extra: Dict[str, Dict[str, Any]] = {}
         #: Files this ONCat does not know (404) although they exist.
         self.unknown: Set[str] = set()
+        #: Files this ONCat refuses to ingest (400), as SNS's stand-in refuses a bad path.
+        self.refused: Set[str] = set()
         #: Seconds to wait before answering (to test client timeouts).
         self.delay = 0.0
         self._lock = threading.Lock()
@@ -148,6 +151,8 @@ class ONCatServer:
         target = request.target
         if target is None:
             return 404, {"message": "No such endpoint: %s" % request.path}
+        if target in self.refused:
+            return 400, {"message": "Invalid path format: %s" % target}
         if target in self.unknown or not os.path.isfile(target):
             return 404, {"message": "No such file: %s" % target}
         if request.path.startswith("/api/reductions/"):

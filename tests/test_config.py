@@ -45,7 +45,7 @@ def test_the_sns_file_loads_unchanged():
 def test_defaults_and_new_keys():
     cfg, _ = config.from_mapping({})
     assert cfg.data_root == "/" and cfg.facility == "SNS" and cfg.heartbeat_interval_sec == 30
-    assert cfg.processors == config.ALL_PROCESSORS
+    assert cfg.processors == config.DEFAULT_PROCESSORS
     assert config.queue_destination("/queue/X") == "/queue/X" == config.queue_destination("X")
 
 
@@ -54,11 +54,62 @@ def test_defaults_and_new_keys():
     ("brokers", []), ("exceptions", ["(unclosed"]), ("system_mem_limit_perc", 150),
     ("processors", ["nope.Processor"]), ("log_level", "LOUD"), ("data_root", "relative"),
     ("heartbeat_interval_sec", True), ("conda_wrapper", ["conda", "run"]),
+    ("facility", "S N S"), ("facility", ""), ("facility", "../x"), ("log_max_bytes", -1),
+    ("log_backup_count", -1), ("max_wait_hold_sec", 0), ("ingest_timeout_sec", 0),
 ])
 def test_bad_values_name_the_key(key, value):
     with pytest.raises(ConfigError) as err:
         config.from_mapping({key: value})
     assert err.value.key == key and key in str(err.value)
+
+
+def test_an_http_cataloguer_needs_its_url():
+    with pytest.raises(ConfigError) as err:
+        config.from_mapping({"processors": ["intersect_processor.IntersectReducedProcessor"]})
+    assert err.value.key == "intersect_ingest_url"
+    cfg, _ = config.from_mapping({"processors": ["intersect_processor.IntersectReducedProcessor"],
+                                  "intersect_ingest_url": "http://example.invalid/"})
+    assert cfg.processors == ("intersect_reduced",)
+
+
+def test_without_processors_and_exceptions_the_sns_defaults_apply():
+    """SNS's default list has no high-memory processor, and excuses 'Error in logging framework'."""
+    cfg, _ = config.from_mapping({})
+    assert cfg.processors == ("oncat", "oncat_reduced", "create_script", "reduction")
+    assert "reduction_himem" not in cfg.processors
+    assert cfg.exceptions == ("Error in logging framework",)
+    assert any(p.search("Error: Error in logging framework") for p in cfg.exception_patterns)
+    assert config.from_mapping({"exceptions": []})[0].exceptions == ()
+
+
+def test_every_sns_processor_name_is_known():
+    names = ["calvera_processor.CalveraProcessor", "calvera_processor.CalveraReducedProcessor",
+             "intersect_processor.IntersectProcessor", "intersect_processor.IntersectReducedProcessor",
+             "test_processor.TestProcessor"]
+    cfg, _ = config.from_mapping({"processors": names, "calvera_ingest_url": "http://c.invalid/",
+                                  "intersect_ingest_url": "http://i.invalid/"})
+    assert cfg.processors == ("calvera", "calvera_reduced", "intersect", "intersect_reduced", "test")
+
+
+def test_job_nice_below_the_agents_own_niceness_is_refused():
+    own = os.nice(0)
+    bad = own - 1 if own > 0 else -1
+    with pytest.raises(ConfigError) as err:
+        config.from_mapping({"job_nice": bad})
+    assert err.value.key == "job_nice" and "niceness" in str(err.value)
+    assert config.from_mapping({"job_nice": max(own, 0)})[0].job_nice == max(own, 0)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("facility", "S N S"), ("log_max_bytes", -5), ("log_backup_count", -1), ("max_wait_hold_sec", 0),
+    ("job_nice", -1),
+])
+def test_cli_exits_2_naming_the_bad_key(tmp_path, key, value):
+    conf = tmp_path / "c.conf"
+    conf.write_text(json.dumps({key: value, "allow_root": True, "log_file": ""}))
+    result = cli("--config", str(conf), "run")
+    assert result.returncode == 2, result.stderr
+    assert key in result.stderr and "Traceback" not in result.stderr
 
 
 def test_config_path_precedence():
@@ -96,3 +147,4 @@ def test_log_file_that_cannot_be_written_is_a_config_error(tmp_path):
     conf.write_text(json.dumps({"log_file": str(blocker / "sub" / "x.log"), "allow_root": True}))
     result = cli("--config", str(conf), "run")
     assert result.returncode == 2 and "log_file" in result.stderr
+    assert "the log directory %s is missing and cannot be created" % (blocker / "sub") in result.stderr

@@ -1,8 +1,12 @@
 """Run payload validation and the choice of error line."""
 
+import re
+
+import psutil
 import pytest
 
 from postprocessing.errors import InvalidMessage
+from postprocessing.jobs.limits import MemoryLimit, TimeLimit
 from postprocessing.jobs.process import ProcessResult
 from postprocessing.messages import decode_body, parse_run, raw_echo
 from postprocessing.processors.reduction import conda_env, error_line
@@ -57,6 +61,27 @@ def test_conda_env_line(tmp_path):
     assert conda_env(str(script)) is None
 
 
+@pytest.mark.parametrize("line", ["CONDA_ENV='sasview'", "CONDA_ENV=sasview", "    CONDA_ENV = 'sasview'",
+                                  '\tCONDA_ENV="sasview"  # the env', "CONDA_ENV = sasview"])
+def test_conda_env_line_read_as_sns_reads_it(tmp_path, line):
+    """SNS accepts the line indented and with or without quotes."""
+    script = tmp_path / "reduce.py"
+    script.write_text("import sys\n%s\n" % line)
+    assert conda_env(str(script)) == "sasview"
+
+
+def test_memory_limit_reads_as_sns_words_it():
+    """The workflow stack's system tests look for SNS's text."""
+    limit = MemoryLimit(50.0, total_bytes=2 * 1024 * 1024)
+    reason = limit.check(psutil.Process())
+    assert reason is not None
+    assert re.match(r"Total memory usage exceeded limit \([0-9]+\.[0-9]{6} GiB > 0\.000977 GiB\)\. "
+                    r"Terminating job\.", reason), reason
+    assert MemoryLimit(100.0, total_bytes=1 << 50).check(psutil.Process()) is None
+    expired = TimeLimit(0.0)
+    assert (expired.check() or "").startswith("Time limit exceeded")
+
+
 def test_data_file_wording(tmp_path, monkeypatch):
     """The SNS agent's words for each way a data file can be unusable (EACCES simulated:
     the suite runs as root, which can read anything)."""
@@ -68,7 +93,7 @@ def test_data_file_wording(tmp_path, monkeypatch):
     assert layout.check_readable(cfg, str(good)) is None
     assert layout.check_readable(cfg, str(tmp_path / "no.h5")) == "Data file not found: %s" % (tmp_path / "no.h5")
     assert layout.check_readable(cfg, "/etc/hostname").startswith("Data file is outside the data root")
-    assert layout.check_readable(cfg, str(tmp_path)).startswith("Data file open error: %s" % tmp_path)
+    assert layout.check_readable(cfg, str(tmp_path)).startswith("Data file open error for file %s" % tmp_path)
 
     def denied(path, flags):
         raise PermissionError(13, "Permission denied", path)

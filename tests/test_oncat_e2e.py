@@ -265,8 +265,11 @@ def test_unknown_files_give_catalog_errors(start_agent, facility, client, oncat)
     client.send(agent.q("catalog_data_ready"), first)
     client.send(agent.q("catalog_data_ready"), second)
     errors = {e["run_number"]: e["error"] for e in client.wait(agent.q("catalog_error"), 2)}
-    assert errors["1"].startswith("ONCAT: ingest of %s failed: Could not find resource" % first["data_file"])
-    assert errors["2"].startswith("ONCAT: ingest of %s failed: Could not find resource" % related)
+    assert errors["1"].startswith("ONCAT: Could not find resource")
+    assert errors["2"].startswith("ONCAT: Could not find resource")
+    log = agent.log()
+    assert "ingest of %s failed: NotFoundError: Could not find resource" % first["data_file"] in log
+    assert "ingest of %s failed: NotFoundError: Could not find resource" % related in log
     assert sorted(oncat.ingested()) == sorted([first["data_file"], second["data_file"], related])
     assert not client.get(agent.q("catalog_complete"))
 
@@ -278,7 +281,19 @@ def test_unknown_files_give_catalog_errors(start_agent, facility, client, oncat)
     oncat.unknown.add(record)
     client.send(agent.q("reduction_catalog_data_ready"), third)
     error = client.wait(agent.q("reduction_catalog_error"))[0]
-    assert error["error"].startswith("ONCAT: ingest of %s failed: Could not find resource" % record)
+    assert error["error"].startswith("ONCAT: Could not find resource")
+    assert "ingest of %s failed" % record in agent.log()
+
+
+def test_refused_ingest_reads_as_sns_words_it(start_agent, facility, client, oncat):
+    """SNS answers a failed ingest with "ONCAT: <reason>"; its own tests assert "ONCAT: Bad request"."""
+    agent = start_agent()
+    msg = facility.run("CNCS", "IPTS-1", 5)
+    oncat.refused.add(msg["data_file"])
+    client.send(agent.q("catalog_data_ready"), msg)
+    error = client.wait(agent.q("catalog_error"))[0]
+    assert error == dict(msg, information=socket.gethostname(), error="ONCAT: Bad request")
+    assert "ingest of %s failed: BadRequestError: Bad request" % msg["data_file"] in agent.log()
 
 
 def test_unreachable_oncat_gives_catalog_errors(start_agent, facility, client, oncat):
@@ -286,8 +301,9 @@ def test_unreachable_oncat_gives_catalog_errors(start_agent, facility, client, o
     msg = facility.run("CNCS", "IPTS-1", 100)
     client.send(agent.q("catalog_data_ready"), msg)
     error = client.wait(agent.q("catalog_error"))[0]
-    assert error["error"].startswith("ONCAT: ingest of %s failed: ConnectionError" % msg["data_file"])
+    assert error["error"].startswith("ONCAT: HTTPConnectionPool(host='127.0.0.1'")
     assert "Connection refused" in error["error"]
+    assert "ingest of %s failed: ConnectionError" % msg["data_file"] in agent.log()
     assert oncat.requests == []
     assert agent.proc.poll() is None
 

@@ -1,7 +1,9 @@
 """The systemd unit (systemd-analyze verify) and the RPM (real rpmbuild, rpm -qlp/--scripts, install)."""
 
 import configparser
+import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -13,6 +15,9 @@ from tests.support.cli import require_tools
 
 UNIT = os.path.join(ROOT, "rpm", "autoreduce-queue-processor.service")
 SITELIB = "/usr/lib/python3.9/site-packages"
+with open(os.path.join(ROOT, "configuration", "post_processing.conf"), encoding="utf-8") as _example:
+    #: The directory of the example config's log file, which the RPM must create.
+    LOGDIR = os.path.dirname(json.load(_example)["log_file"])
 
 
 def read_unit(path):
@@ -62,6 +67,25 @@ def test_unit_settings():
     assert read_unit(UNIT)["Install"]["WantedBy"] == "multi-user.target"
 
 
+def test_unit_is_ordered_after_sssd():
+    """The service account and its file access come from SSSD, as SNS's unit says."""
+    unit = read_unit(UNIT)["Unit"]
+    assert "sssd.service" in unit["After"].split() and "sssd.service" in unit["Wants"].split()
+
+
+def test_example_config_logs_where_sns_does():
+    assert LOGDIR == "/var/log/SNS_applications"
+
+
+def test_psycopg2_is_a_core_dependency():
+    """``requeue --from-db`` works after a plain ``pip install .``: no extra to ask for."""
+    text = open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8").read()
+    core = re.search(r"^dependencies = \[(.*?)\]", text, re.MULTILINE | re.DOTALL)
+    assert core is not None
+    assert re.search(r'"psycopg2-binary>=2\.9"', core.group(1)), core.group(1)
+    assert "[db]" not in open(os.path.join(ROOT, "postprocessing", "cli", "requeue.py")).read()
+
+
 # -- the RPM ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def rpm_file(tmp_path_factory):
@@ -93,7 +117,8 @@ def test_rpm_is_noarch_and_lists_its_files(rpm_file):
         SITELIB + "/postprocessing/agent/agent.py",
         "/usr/lib/systemd/system/autoreduce-queue-processor.service",
         "/etc/autoreduce/post_processing.conf",
-        "/var/log/postprocessing",
+        LOGDIR,
+        "/opt/postprocessing/scripts/mantidpython.py",
         "/usr/share/doc/postprocessing/operations.md",
     ):
         assert expected in files, expected
@@ -108,10 +133,12 @@ def test_rpm_is_noarch_and_lists_its_files(rpm_file):
         else:
             flags[parts[2]] = ("", parts[0], parts[1])
     assert flags["/etc/autoreduce/post_processing.conf"] == ("cn", "-rw-r-----", "root:snsred")
-    assert flags["/var/log/postprocessing"] == ("", "drwxr-xr-x", "snsred:snsred")
+    assert flags[LOGDIR] == ("", "drwxr-xr-x", "snsred:snsred")
+    assert flags["/opt/postprocessing/scripts/mantidpython.py"][1] == "-rwxr-xr-x"
     assert flags["/usr/bin/postprocessing"][1] == "-rwxr-xr-x"
     requires = rpm_query("-qp", "--requires", rpm_file)
     assert "python3 >= 3.9" in requires and "python3dist(stomp-py) >= 8.1" in requires
+    assert "python3dist(psycopg2)" in requires.split("\n")
 
 
 def test_rpm_scriptlets(rpm_file):
@@ -126,7 +153,8 @@ def test_rpm_scriptlets(rpm_file):
 
 @pytest.mark.parametrize("tag, argument, expected", [
     ("PREIN", "1", ["getent group snsred", "groupadd -r snsred", "getent passwd snsred",
-                    "useradd -r -g snsred -d /var/log/postprocessing -s /sbin/nologin -c autoreduction agent snsred"]),
+                    "useradd -r -g snsred -d /var/log/SNS_applications -s /sbin/nologin "
+                    "-c autoreduction agent snsred"]),
     ("POSTIN", "1", ["systemctl daemon-reload", "systemctl preset autoreduce-queue-processor.service"]),
     ("POSTIN", "2", []),
     ("PREUN", "0", ["systemctl --no-reload disable --now autoreduce-queue-processor.service"]),
@@ -160,7 +188,7 @@ def test_rpm_installs_into_a_scratch_root_and_runs(rpm_file, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (root / "etc/autoreduce/post_processing.conf").is_file()
-    assert (root / "var/log/postprocessing").is_dir()
+    assert (root / LOGDIR.lstrip("/")).is_dir()
     unit = read_unit(str(root / "usr/lib/systemd/system/autoreduce-queue-processor.service"))["Service"]
     assert unit["User"] == "snsred" and unit["Group"] == "snsred"
 
@@ -185,3 +213,77 @@ def test_rpm_installs_into_a_scratch_root_and_runs(rpm_file, tmp_path):
 
     verified = verify(open(str(root / "usr/lib/systemd/system/autoreduce-queue-processor.service")).read(), tmp_path)
     assert verified.returncode == 0 and verified.stderr.strip() == "", verified.stderr
+
+
+SNS_FAKE_SPEC = """
+Name:           postprocessing
+Version:        4.5.0
+Release:        1
+Summary:        stand-in for SNS's post_processing_agent 4.5.0 package (its file layout, no code)
+License:        MIT
+BuildArch:      noarch
+%%define debug_package %%{nil}
+
+%%description
+The file layout of SNS's postprocessing 4.5.0 RPM, to upgrade from.
+
+%%install
+mkdir -p %%{buildroot}/opt/postprocessing/postprocessing %%{buildroot}/opt/postprocessing/scripts
+echo "# SNS 4.5.0" > %%{buildroot}/opt/postprocessing/postprocessing/__init__.py
+echo "# SNS 4.5.0" > %%{buildroot}/opt/postprocessing/postprocessing/Consumer.py
+echo "# SNS 4.5.0" > %%{buildroot}/opt/postprocessing/queueProcessor.py
+echo "# SNS 4.5.0" > %%{buildroot}/opt/postprocessing/scripts/mantidpython.py
+mkdir -p %%{buildroot}%(sitelib)s
+echo /opt/postprocessing > %%{buildroot}%(sitelib)s/postprocessing.pth
+mkdir -p -m 1755 %%{buildroot}/var/log/SNS_applications
+mkdir -p %%{buildroot}/usr/lib/systemd/system
+printf '[Unit]\\nRequires=sssd.service\\nAfter=sssd.service\\n' \\
+    > %%{buildroot}/usr/lib/systemd/system/autoreduce-queue-processor.service
+
+%%files
+/opt/postprocessing
+%(sitelib)s/postprocessing.pth
+%%dir /var/log/SNS_applications
+/usr/lib/systemd/system/autoreduce-queue-processor.service
+""" % {"sitelib": SITELIB}
+
+
+@pytest.fixture(scope="module")
+def sns_rpm_file(tmp_path_factory):
+    require_tools("rpmbuild", ["rpmbuild", "rpm"])
+    top = tmp_path_factory.mktemp("snsrpm")
+    spec = top / "postprocessing-4.5.0.spec"
+    spec.write_text(SNS_FAKE_SPEC)
+    proc = subprocess.run(["rpmbuild", "-bb", "--define", "_topdir %s" % top, str(spec)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [built] = [os.path.join(dp, f) for dp, _, files in os.walk(str(top / "RPMS")) for f in files]
+    return built
+
+
+def test_rpm_upgrades_sns_postprocessing_4_5_0(rpm_file, sns_rpm_file, tmp_path):
+    """A facility swaps agents with rpm -U (dnf upgrade), keeping its configuration."""
+    root = tmp_path / "root"
+    root.mkdir()
+    install = ["rpm", "--root", str(root), "--nodeps", "--noscripts"]
+    proc = subprocess.run(install + ["-i", sns_rpm_file], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    facility_conf = root / "etc/autoreduce/post_processing.conf"
+    facility_conf.parent.mkdir(parents=True)
+    facility_conf.write_text('{"amq_user": "facility-own-settings"}\n')
+
+    proc = subprocess.run(install + ["-U", rpm_file], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    installed = rpm_query("--root", str(root), "-q", "--qf", "%{NAME} %{VERSION}\n", "postprocessing")
+    assert installed.split("\n")[:-1] == ["postprocessing " + rpm_query("-qp", "--qf", "%{VERSION}", rpm_file)]
+    assert facility_conf.read_text() == '{"amq_user": "facility-own-settings"}\n', "the facility's config is kept"
+    assert not (root / SITELIB.lstrip("/") / "postprocessing.pth").exists(), "the old package path is gone"
+    assert not (root / "opt/postprocessing/postprocessing").exists()
+    assert (root / SITELIB.lstrip("/") / "postprocessing/cli/main.py").is_file()
+    mantidpython = root / "opt/postprocessing/scripts/mantidpython.py"
+    with open(os.path.join(ROOT, "postprocessing", "jobs", "mantidpython.py"), encoding="utf-8") as handle:
+        assert mantidpython.read_text() == handle.read()
+    assert os.access(str(mantidpython), os.X_OK)
+    assert (root / "var/log/SNS_applications").is_dir()
+    unit = read_unit(str(root / "usr/lib/systemd/system/autoreduce-queue-processor.service"))
+    assert "sssd.service" in unit["Unit"]["After"].split()

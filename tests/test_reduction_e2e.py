@@ -90,7 +90,7 @@ def test_data_file_problems_go_to_postprocess_error(make_agent, facility, client
     errors = client.wait(agent.q("postprocess_error"), 3)
     texts = sorted(e["error"] for e in errors)
     assert "Data file not found: %s" % missing in texts
-    assert any(t.startswith("Data file open error: %s" % directory) for t in texts)
+    assert any(t.startswith("Data file open error for file %s" % directory) for t in texts)
     assert "Data file is outside the data root: /etc/hostname" in texts
     assert not client.get(agent.q("reduction_started"))
 
@@ -197,7 +197,8 @@ def test_communication_only_runs_nothing(make_agent, facility, client):
 
 def test_himem_queue_reduces_too(make_agent, facility, client):
     facility.script("CNCS", OK_SCRIPT)
-    agent = make_agent().start()
+    agent = make_agent(processors=["reduction_processor.ReductionProcessor",
+                                   "reduction_processor.ReductionProcessorHighMemory"]).start()
     client.send(agent.q("reduction_himem_data_ready"), facility.run("CNCS", "IPTS-1", 14))
     assert client.wait(agent.q("reduction_complete"))[0]["run_number"] == "14"
 

@@ -275,6 +275,29 @@ def test_db_error_status_follows_the_target_step(conf, history):
     assert len(lines) == 1 and "CNCS 5 (IPTS-10)" in lines[0]
 
 
+def test_db_error_counts_sns_catalog_error_for_the_reduced_catalog_step(conf, workflow_db, facility):
+    """Under the SNS agent a failed reduced catalogue answers CATALOG.ERROR."""
+    db = workflow_db
+    may = datetime.datetime(2024, 5, 10, tzinfo=datetime.timezone.utc)
+    sns_failed = db.run("CNCS", "IPTS-10", 21, facility.data_file("CNCS", "IPTS-10", 21), may, True)
+    db.status(sns_failed, "REDUCTION.COMPLETE", "REDUCTION_CATALOG.DATA_READY", "REDUCTION_CATALOG.STARTED",
+              "CATALOG.ERROR", error="ONCAT: Bad request")
+    ours_failed = db.run("CNCS", "IPTS-10", 22, facility.data_file("CNCS", "IPTS-10", 22), may, True)
+    db.status(ours_failed, "REDUCTION_CATALOG.STARTED", "REDUCTION_CATALOG.ERROR")
+    fixed = db.run("CNCS", "IPTS-10", 23, facility.data_file("CNCS", "IPTS-10", 23), may, True)
+    db.status(fixed, "CATALOG.ERROR", "REDUCTION_CATALOG.DATA_READY", "REDUCTION_CATALOG.COMPLETE")
+
+    proc = run_cli(conf, "requeue", "--from-db", db.dsn, "--queue", "REDUCTION_CATALOG.DATA_READY",
+                   "--status", "error", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("would send")]
+    assert [line.split()[3] for line in lines] == ["21", "22"]
+    assert "[ONCAT: Bad request]" in lines[0]
+
+    proc = run_cli(conf, "requeue", "--from-db", db.dsn, "--queue", "CATALOG.ONCAT.DATA_READY", "--dry-run")
+    assert proc.returncode == 0 and "no runs matched" in proc.stdout
+
+
 def test_db_incomplete_and_any(conf, history):
     proc = run_cli(conf, "requeue", "--from-db", history.dsn, "--status", "incomplete", "--ipts", "IPTS-10",
                    "--dry-run")

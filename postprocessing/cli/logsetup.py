@@ -24,9 +24,15 @@ def configure(cfg: Config, to_stderr: bool) -> None:
     if cfg.log_file:
         if os.path.islink(cfg.log_file):
             raise ConfigError("log_file", "%s is a symbolic link; refusing to write through it" % cfg.log_file)
+        directory = os.path.dirname(os.path.abspath(cfg.log_file))
+        if not os.path.isdir(directory):
+            try:
+                os.makedirs(directory)
+            except OSError as err:
+                raise ConfigError("log_file", "the log directory %s is missing and cannot be created (%s); "
+                                              "create it, writable by the service user"
+                                  % (directory, err.strerror)) from None
         try:
-            directory = os.path.dirname(os.path.abspath(cfg.log_file))
-            os.makedirs(directory, exist_ok=True)
             rotating = logging.handlers.RotatingFileHandler(
                 cfg.log_file, maxBytes=cfg.log_max_bytes, backupCount=cfg.log_backup_count,
                 encoding="utf-8", errors="backslashreplace")

@@ -15,10 +15,23 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+CONFIG_HELP = "config file (default: $%s or %s)" % (config_mod.ENV_VAR, config_mod.DEFAULT_PATH)
+
+
+def _config_everywhere(p: argparse.ArgumentParser) -> None:
+    """Accept ``--config`` after any subcommand too (``postprocessing status --config FILE``).
+
+    Where it is not given, it leaves the value given before the subcommand alone."""
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP)
+                _config_everywhere(child)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="postprocessing", description="The autoreduction agent.")
-    p.add_argument("--config", metavar="FILE",
-                   help="config file (default: $%s or %s)" % (config_mod.ENV_VAR, config_mod.DEFAULT_PATH))
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     p.add_argument("--version", action="version", version="%(prog)s " + __version__)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -27,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
     requeue.add_parser(sub)
     ping.add_parser(sub)
     dlq.add_parser(sub)
+    _config_everywhere(p)
     return p
 
 

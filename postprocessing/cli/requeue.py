@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_QUEUE = "REDUCTION.DATA_READY"
 KNOWN_QUEUES = ("REDUCTION.DATA_READY", "CATALOG.ONCAT.DATA_READY", "REDUCTION_CATALOG.DATA_READY",
                 "POSTPROCESS.DATA_READY")
+#: Statuses of a workflow step whose queue names do not start with the step: the SNS
+#: agent answers a failed reduced catalogue on CATALOG.ERROR.
+STEP_ALSO = {"REDUCTION_CATALOG": ("CATALOG.ERROR",)}
 CONFIRM_ABOVE = 50
 MAX_RUNS = 100000
 _QUEUE_NAME = re.compile(r"(/queue/)?[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -76,7 +79,8 @@ def add_parser(sub: Any) -> None:
     db.add_argument("--since", metavar="DATE", help="runs created at or after DATE (YYYY-MM-DD[ HH:MM])")
     db.add_argument("--until", metavar="DATE", help="runs created before DATE")
     db.add_argument("--status", choices=("error", "incomplete", "any"),
-                    help="error: the latest status of the queue's step is an *.ERROR queue (default); "
+                    help="error: the latest status of the queue's step is an *.ERROR queue, SNS's CATALOG.ERROR "
+                         "counting for REDUCTION_CATALOG (default); "
                          "incomplete: the workflow summary says not complete; any: no filter")
     how = p.add_argument_group("sending")
     how.add_argument("--queue", default=DEFAULT_QUEUE,
@@ -186,13 +190,15 @@ def db_query(args: argparse.Namespace, queue: str) -> Tuple[str, Dict[str, Any]]
     where = []
     columns = "''"
     if status == "error":
-        prefix = step_of(queue) + "."
+        step = step_of(queue)
+        prefix = step + "."
         params["prefix"] = prefix
         params["prefix_len"] = len(prefix)
+        params["also"] = list(STEP_ALSO.get(step, ())) or [""]
         joins = """
         JOIN (SELECT DISTINCT ON (s.run_id_id) s.run_id_id, s.id, q.name
               FROM report_runstatus s JOIN report_statusqueue q ON q.id = s.queue_id_id
-              WHERE substr(q.name, 1, %(prefix_len)s) = %(prefix)s
+              WHERE substr(q.name, 1, %(prefix_len)s) = %(prefix)s OR q.name = ANY(%(also)s)
               ORDER BY s.run_id_id, s.created_on DESC, s.id DESC) latest ON latest.run_id_id = r.id"""
         where.append("right(latest.name, 6) = '.ERROR'")
         columns = """COALESCE((SELECT e.description FROM report_error e
@@ -228,7 +234,8 @@ def database_runs(cfg: Config, args: argparse.Namespace, facility: str, queue: s
     try:
         import psycopg2
     except ImportError:
-        raise UsageError("--from-db needs psycopg2: pip install 'postprocessing[db]'") from None
+        raise UsageError("--from-db needs psycopg2, a dependency of postprocessing that is missing here: "
+                         "reinstall the package (pip install postprocessing, or the RPM)") from None
     sql, params = db_query(args, queue)
     try:
         conn = psycopg2.connect(args.from_db)

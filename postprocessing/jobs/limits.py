@@ -7,6 +7,7 @@ from typing import Callable, Optional
 import psutil
 
 MB = 1024.0 * 1024.0
+GB = 1024.0 * MB
 
 
 def tree_rss(leader: psutil.Process) -> int:
@@ -36,8 +37,8 @@ class MemoryLimit:
         used = tree_rss(leader)
         if used <= self.max_bytes:
             return None
-        return "Memory limit exceeded: using %.0f MB, limit %.0f MB (%g%% of RAM)" % (
-            used / MB, self.max_bytes / MB, self.percent)
+        return ("Total memory usage exceeded limit (%f GiB > %f GiB). Terminating job. "
+                "(limit: %g%% of RAM)" % (used / GB, self.max_bytes / GB, self.percent))
 
 
 class TimeLimit:

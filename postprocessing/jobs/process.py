@@ -34,13 +34,15 @@ def _prctl() -> Optional[Callable[..., int]]:
 
 
 def _child_setup(nice: int) -> Callable[[], None]:
+    """``nice`` is the job's nice level, not an increment over the agent's."""
     prctl = _prctl()
 
     def setup() -> None:
         if prctl is not None:
             prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if nice:
-            os.nice(nice)
+        increment = nice - os.nice(0)
+        if increment > 0:
+            os.nice(increment)
 
     return setup
 

@@ -18,7 +18,14 @@ from postprocessing.processors.base import JobContext, Outcome, Processor, Work
 
 
 class CatalogError(JobFailed):
-    """ONCat refused a request, could not be reached, or answered nonsense."""
+    """ONCat refused a request, could not be reached, or answered nonsense.
+
+    Its text is the reason alone, as the SNS agent words it (``ONCAT: <reason>``);
+    ``detail`` also names the request and the error type, for the log."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.detail = detail or reason
 
 
 def field(content: Any, dotted: str) -> Any:
@@ -32,10 +39,7 @@ def field(content: Any, dotted: str) -> Any:
 
 def _reason(err: Exception) -> str:
     """A one-line reason for a failed ONCat request (never containing the API token)."""
-    text = " ".join(str(err).split())
-    if isinstance(err, requests.RequestException):
-        return "%s: %s" % (type(err).__name__, text)
-    return text or type(err).__name__
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 class Catalog:
@@ -68,7 +72,8 @@ class Catalog:
         try:
             result = method(argument)
         except (pyoncat.PyONCatError, requests.RequestException) as err:
-            raise CatalogError("%s failed: %s" % (what, _reason(err))) from None
+            reason = _reason(err)
+            raise CatalogError(reason, "%s failed: %s: %s" % (what, type(err).__name__, reason)) from None
         return result.to_dict()
 
 
@@ -99,7 +104,7 @@ class CatalogProcessor(Processor):
         try:
             self.catalog(ctx, req, Catalog(cfg))
         except CatalogError as err:
-            ctx.log.error("cataloguing failed: %s", err)
+            ctx.log.error("cataloguing failed: %s", err.detail)
             return self.failed(ctx, str(err))
         return ctx.reply(cfg.destination(self.complete_key))
 

@@ -7,7 +7,7 @@ ingested and the run still completes; the log says why.
 
 import json
 import os
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
 
 from postprocessing import layout
 from postprocessing.messages import RunRequest
@@ -24,23 +24,28 @@ def record_name(data_file: str) -> str:
     return stem + ".json"
 
 
-def record_problem(path: str) -> Optional[str]:
-    """Why ``path`` is not a reduction record to ingest, or None if it is one."""
+def load_record(path: str) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """The reduction record at ``path``, or None and why it is not one."""
     try:
         with open(path, encoding="utf-8") as handle:
             record = json.load(handle)
     except FileNotFoundError:
-        return "no reduction record %s" % path
+        return None, "no reduction record %s" % path
     except OSError as err:
-        return "cannot read reduction record %s: %s" % (path, err.strerror or err)
+        return None, "cannot read reduction record %s: %s" % (path, err.strerror or err)
     except (ValueError, RecursionError) as err:
-        return "reduction record %s is not JSON: %s" % (path, err)
+        return None, "reduction record %s is not JSON: %s" % (path, err)
     if not isinstance(record, dict):
-        return "reduction record %s is not a JSON object" % path
+        return None, "reduction record %s is not a JSON object" % path
     missing = [key for key in ("input_files", "output_files") if key not in record]
     if missing:
-        return "reduction record %s has no %s" % (path, " or ".join(missing))
-    return None
+        return None, "reduction record %s has no %s" % (path, " or ".join(missing))
+    return record, None
+
+
+def record_problem(path: str) -> Optional[str]:
+    """Why ``path`` is not a reduction record to ingest, or None if it is one."""
+    return load_record(path)[1]
 
 
 class ONCatReducedProcessor(CatalogProcessor):

@@ -2,10 +2,9 @@
 
 import ast
 import dataclasses
-import re
 from typing import FrozenSet, Optional
 
-_CONDA_ENV = re.compile(r"""^CONDA_ENV\s*=\s*['"]([A-Za-z0-9._-]+)['"]""", re.MULTILINE)
+from postprocessing.jobs.mantidpython import conda_env as read_conda_env
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +45,7 @@ def inspect_script(path: str) -> ScriptInfo:
             source = handle.read()
     except OSError:
         return ScriptInfo()
-    match = _CONDA_ENV.search(source)
-    conda_env = match.group(1) if match else None
+    conda_env = read_conda_env(source)
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
