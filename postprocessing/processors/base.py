@@ -11,6 +11,7 @@ import logging
 import threading
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence
 
+from postprocessing import logsafe
 from postprocessing.config import Config
 from postprocessing.errors import Cancelled
 from postprocessing.jobs.limits import MemoryLimit, TimeLimit
@@ -41,10 +42,16 @@ class Outcome:
 
 
 class RunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Puts the run's identity (instrument and run number) in every job log line."""
+    """Puts the run's identity (instrument and run number) in every job log line.
+
+    Job log lines carry values from messages and scripts: every argument is escaped."""
 
     def process(self, msg: Any, kwargs: Any) -> Any:
-        return "[%s] %s" % (self.extra["run"], msg), kwargs  # type: ignore[index]
+        return "[%s] %s" % (logsafe.text(self.extra["run"]), msg), kwargs  # type: ignore[index]
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        """Log with every argument escaped (:func:`postprocessing.logsafe.arg`)."""
+        super().log(level, msg, *(logsafe.arg(a) for a in args), **kwargs)
 
 
 class JobContext:
