@@ -2,9 +2,12 @@
 can do to the agent, tried through a real broker against a real agent process."""
 
 import os
+import time
 
 import psutil
 import pytest
+
+from postprocessing.agent import ping
 
 pytestmark = pytest.mark.broker
 
@@ -43,3 +46,41 @@ def test_a_newline_in_a_message_value_forges_no_log_line(make_agent, facility, c
     log = agent.log()
     assert "x.nxs.h5\\n" + forged in log
     assert not [line for line in log.splitlines() if line.startswith("FORGED")]
+
+
+def test_a_ping_answered_on_the_ping_topic_does_not_multiply(make_agent, client):
+    first = make_agent("first").start()
+    make_agent("second").start()
+    ping_topic = first.q("heartbeat_ping")
+    client.subscribe(ping_topic)
+    client.send(ping_topic, {"reply_to": ping_topic, "ping_id": "loop"})
+    time.sleep(3)
+    assert client.total(ping_topic) == 1, "%d messages on the ping topic" % client.total(ping_topic)
+    first.wait_log("is one of the agent's own destinations")
+    assert first.log().count("not answered") == 1
+
+
+def test_a_ping_cannot_inject_a_run_request(make_agent, client):
+    agent = make_agent().start()
+    run_queue = agent.q("reduction_data_ready")
+    client.send(agent.q("heartbeat_ping"), {"reply_to": run_queue, "instrument": "CNCS", "ipts": "IPTS-1",
+                                           "run_number": "1", "data_file": "/etc/passwd"})
+    client.send(agent.q("heartbeat_ping"), {"reply_to": run_queue.replace("/queue/", "/amq/queue/")})
+    time.sleep(2)
+    assert client.total(agent.q("postprocess_error"), agent.q("reduction_started")) == 0
+    assert "rejected message" not in agent.log()
+    agent.wait_log("not answered")
+
+
+def test_ping_answers_are_rate_limited_and_carry_no_reply_to(make_agent, client):
+    agent = make_agent().start()
+    reply_to = agent.q("heartbeat_ping").replace("PING", "PONG")
+    client.subscribe(reply_to)
+    for n in range(60):
+        client.send(agent.q("heartbeat_ping"), {"reply_to": reply_to, "n": n})
+    client.wait(reply_to, count=ping.MAX_BURST)
+    time.sleep(1)
+    replies = client.get(reply_to)
+    assert len(replies) < 60, "every one of 60 pings was answered"
+    assert all("reply_to" not in reply for reply in replies)
+    agent.wait_log("more than %g pings a second" % ping.RATE_PER_SEC)

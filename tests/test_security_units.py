@@ -1,11 +1,15 @@
 """Issue 11, units: log escaping, spawn failures, validated users, ping policy, paths."""
 
+import logging
 import os
 import tempfile
 
 import pytest
 
 from postprocessing import logsafe
+from postprocessing.agent import ping
+from postprocessing.agent.heartbeat import ping_reply, reply_destination
+from postprocessing.agent.ping import PingPolicy
 from postprocessing.errors import JobFailed
 from postprocessing.jobs.process import JobProcess
 
@@ -24,3 +28,42 @@ def test_a_failed_spawn_closes_its_fds_and_names_the_program():
             with pytest.raises(JobFailed, match="cannot start /nonexistent/python9: No such file"):
                 JobProcess(["/nonexistent/python9", "x.py"], "/", out, out, {})
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_ping_policy_refuses_own_destinations_and_logs_once_a_minute(caplog):
+    clock = Clock()
+    policy = PingPolicy(["/queue/RUNS", "/topic/PING"], clock)
+    assert policy.refusal("/topic/PING") and policy.refusal("/amq/queue/RUNS")
+    assert policy.refusal("/topic/PONG") is None
+    with caplog.at_level(logging.WARNING, "postprocessing.agent.ping"):
+        for _ in range(5):
+            policy.log_refusal("mallory\n", "loop")
+        policy.log_refusal(None, "loop")
+        clock.now += ping.LOG_EVERY_SEC
+        policy.log_refusal("mallory\n", "loop")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 and lines[0].startswith("ping from mallory\\n not answered: loop")
+
+
+def test_ping_policy_rate_limits_answers():
+    clock = Clock()
+    policy = PingPolicy([], clock)
+    answered = sum(policy.refusal("/topic/PONG") is None for _ in range(100))
+    assert answered == ping.MAX_BURST
+    clock.now += 1
+    assert sum(policy.refusal("/topic/PONG") is None for _ in range(100)) == ping.RATE_PER_SEC
+
+
+def test_ping_replies_never_carry_reply_to():
+    assert "reply_to" not in ping_reply({"reply_to": "/topic/X", "a": 1}, "host", 1, 0)
+    assert reply_destination(b'{"reply_to": "/topic/SNS.>"}', 1000) is None
+    assert reply_destination(b'{"reply_to": "/queue/A,/topic/B"}', 1000) is None
+    assert reply_destination(b'{"reply_to": "/topic/PONG.1"}', 1000) is not None

@@ -19,6 +19,7 @@ from postprocessing.agent.cancels import CancelBook, CancelRequest, parse_cancel
 from postprocessing.agent.heartbeat import heartbeat_body, ping_reply, reply_destination
 from postprocessing.agent.observer import Observer
 from postprocessing.agent.outbox import Outbox
+from postprocessing.agent.ping import PingPolicy, own_destinations
 from postprocessing.agent.runs import JobDone, Publish, Run, Stop, twin_key
 from postprocessing.agent.subscriptions import Subscriptions
 from postprocessing.config import Config
@@ -27,6 +28,7 @@ from postprocessing.jobs.limits import Admission
 from postprocessing.jobs.slots import Slots
 from postprocessing.processors.base import JobContext, Outcome, Processor
 from postprocessing.transport import Delivery, Disconnected, Receipt, Sink, Transport
+from postprocessing.transport.validated import validated_user
 
 logger = logging.getLogger(__name__)
 job_logger = logging.getLogger("postprocessing.jobs.run")
@@ -67,6 +69,7 @@ class Agent:
         self._next_admission: Optional[float] = None
         self._overload_reason: Optional[str] = None
         self._last_activity = time.monotonic()
+        self.ping_policy = PingPolicy(own_destinations(config) + list(self.processors))
 
     # -- public ------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -500,8 +503,10 @@ class Agent:
     # -- ping ----------------------------------------------------------------------------
     def _answer_ping(self, d: Delivery) -> None:
         ping = reply_destination(d.body, self.config.max_body_bytes)
-        if ping is None:
-            logger.warning("ignored a ping without a usable reply_to")
+        sender = validated_user(d.headers, self.config.broker_type)
+        refusal = "no usable reply_to" if ping is None else self.ping_policy.refusal(ping["reply_to"])
+        if ping is None or refusal is not None:
+            self.ping_policy.log_refusal(sender, refusal or "")
             return
         running = sum(1 for r in self.runs.values() if r.state == "running")
         body = messages.encode(ping_reply(ping, self.hostname, self.pid, running))
