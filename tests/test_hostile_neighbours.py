@@ -1,6 +1,7 @@
 """Issue 11, end to end: what a proposal's users, other broker users and message senders
 can do to the agent, tried through a real broker against a real agent process."""
 
+import json
 import os
 import time
 
@@ -84,3 +85,83 @@ def test_ping_answers_are_rate_limited_and_carry_no_reply_to(make_agent, client)
     assert len(replies) < 60, "every one of 60 pings was answered"
     assert all("reply_to" not in reply for reply in replies)
     agent.wait_log("more than %g pings a second" % ping.RATE_PER_SEC)
+
+
+# -- the proposal's shared area ------------------------------------------------------------
+HELPER_SCRIPT = """
+import json, os, sys
+import reduce_helper
+import reduce_vars
+info = {"helper": reduce_helper.VALUE, "vars_dir": os.path.dirname(reduce_vars.__file__),
+        "vars_mode": os.stat(os.path.dirname(reduce_vars.__file__)).st_mode & 0o777}
+with open(sys.argv[2] + "helper.json", "w") as handle:
+    json.dump(info, handle)
+"""
+
+
+def test_code_planted_in_the_proposal_area_is_not_run(make_agent, facility, client, tmp_path):
+    facility.script("CNCS", HELPER_SCRIPT)
+    facility.script("CNCS", "VALUE = 'instrument'\n", name="reduce_helper.py")
+    log_dir = os.path.join(facility.output_dir("CNCS", "IPTS-1"), "reduction_log")
+    os.makedirs(log_dir)
+    marker = str(tmp_path / "planted-code-ran")
+    for name in ("reduce_helper.py", "reduce_vars.py", "json.py"):
+        with open(os.path.join(log_dir, name), "w") as handle:
+            handle.write("open(%r, 'a').write(%r)\nVALUE = 'planted'\n" % (marker, name))
+    agent = make_agent().start()
+    client.send(agent.q("reduction_data_ready"),
+                facility.run("CNCS", "IPTS-1", 1, reduction_arguments={"standard_vars": {"a": 1}}))
+    client.wait(agent.q("reduction_complete"))
+    assert not os.path.exists(marker), open(marker).read()
+    info = json.load(open(os.path.join(facility.output_dir("CNCS", "IPTS-1"), "helper.json")))
+    assert info["helper"] == "instrument"
+    assert info["vars_mode"] == 0o700 and not os.path.exists(info["vars_dir"])
+    assert not info["vars_dir"].startswith(facility.root)
+    record = json.load(open(os.path.join(log_dir, "CNCS_1.nxs.h5.vars.json")))
+    assert record["standard_vars"] == {"a": 1}
+    assert sorted(os.listdir(log_dir)) == ["CNCS_1.nxs.h5.log", "CNCS_1.nxs.h5.vars.json", "json.py",
+                                           "reduce_helper.py", "reduce_vars.py"]
+
+
+def plant_link(link: str, target: str, owner: int = 0) -> None:
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    os.makedirs(target, exist_ok=True)
+    os.symlink(target, link)
+    os.lchown(link, owner, owner)
+
+
+@pytest.mark.parametrize("where", ["reduction_log owned by a user", "autoreduce in a writable shared"])
+def test_a_planted_symlink_does_not_redirect_writes(make_agent, facility, client, tmp_path, where):
+    if os.geteuid() != 0:
+        pytest.fail("this test plants links owned by another user: it needs root")
+    facility.script("CNCS", OK_SCRIPT)
+    outside = str(tmp_path / "outside")
+    out_dir = facility.output_dir("CNCS", "IPTS-1")
+    if where.startswith("reduction_log"):
+        link = os.path.join(out_dir, "reduction_log")
+        plant_link(link, outside, owner=65534)
+    else:
+        link = out_dir
+        plant_link(link, outside)
+        os.chmod(os.path.dirname(link), 0o1777)
+    agent = make_agent().start()
+    client.send(agent.q("reduction_data_ready"), facility.run("CNCS", "IPTS-1", 1))
+    error = client.wait(agent.q("reduction_error"))[0]
+    assert link in error["error"] and "symbolic link" in error["error"], error
+    assert os.listdir(outside) == []
+
+
+@pytest.mark.parametrize("linked", ["instrument", "proposal"])
+def test_links_the_facility_made_are_followed(make_agent, facility, client, tmp_path, linked):
+    facility.script("CNCS", OK_SCRIPT)
+    msg = facility.run("CNCS", "IPTS-1", 1)
+    inst = os.path.join(facility.root, "SNS", "CNCS")
+    moved = os.path.join(inst, "IPTS-1") if linked == "proposal" else inst
+    real = str(tmp_path / "elsewhere" / linked)
+    os.makedirs(os.path.dirname(real))
+    os.rename(moved, real)
+    os.symlink(real, moved)
+    agent = make_agent().start()
+    client.send(agent.q("reduction_data_ready"), msg)
+    client.wait(agent.q("reduction_complete"))
+    assert open(os.path.join(facility.output_dir("CNCS", "IPTS-1"), "reduced.txt")).read() == msg["data_file"]

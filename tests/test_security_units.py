@@ -6,7 +6,7 @@ import tempfile
 
 import pytest
 
-from postprocessing import logsafe
+from postprocessing import logsafe, safefiles
 from postprocessing.agent import ping
 from postprocessing.agent.heartbeat import ping_reply, reply_destination
 from postprocessing.agent.ping import PingPolicy
@@ -67,3 +67,32 @@ def test_ping_replies_never_carry_reply_to():
     assert reply_destination(b'{"reply_to": "/topic/SNS.>"}', 1000) is None
     assert reply_destination(b'{"reply_to": "/queue/A,/topic/B"}', 1000) is None
     assert reply_destination(b'{"reply_to": "/topic/PONG.1"}', 1000) is not None
+
+
+def test_open_nofollow_walks_from_the_root_and_judges_each_link(tmp_path):
+    root = tmp_path / "root"
+    (root / "facility").mkdir(parents=True)
+    (tmp_path / "real").mkdir()
+    os.symlink(str(tmp_path / "real"), str(root / "facility" / "inst"))
+    with safefiles.open_nofollow(str(root / "facility" / "inst" / "a.log"), "w", root=str(root)) as handle:
+        handle.write("x")
+    assert (tmp_path / "real" / "a.log").read_text() == "x"
+    os.chmod(str(root / "facility"), 0o775)
+    with pytest.raises(safefiles.UnsafePath, match="facility did not make: .*/facility/inst$"):
+        safefiles.open_nofollow(str(root / "facility" / "inst" / "b.log"), "w", root=str(root))
+    assert safefiles.check_dir(str(root / "facility" / "inst"), str(root)) is not None
+    os.chmod(str(root / "facility"), 0o755)
+    safefiles.make_dirs(str(root / "facility" / "inst" / "new" / "deeper"), str(root))
+    assert (tmp_path / "real" / "new" / "deeper").is_dir()
+
+
+def test_open_nofollow_refuses_links_at_the_target_and_hard_links(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    os.symlink(str(victim), str(tmp_path / "soft.log"))
+    with pytest.raises(safefiles.UnsafePath, match="symbolic link"):
+        safefiles.open_nofollow(str(tmp_path / "soft.log"), "w", root=str(tmp_path))
+    os.link(str(victim), str(tmp_path / "hard.log"))
+    with pytest.raises(safefiles.UnsafePath, match="hard links"):
+        safefiles.open_nofollow(str(tmp_path / "hard.log"), "w", root=str(tmp_path))
+    assert victim.read_text() == "precious"

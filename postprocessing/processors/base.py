@@ -85,7 +85,8 @@ class JobContext:
                     stderr_path: str) -> ProcessResult:
         """Run a subprocess under the job limits, stdout and stderr to files."""
         cfg = self.config
-        with open_nofollow(stdout_path) as out, open_nofollow(stderr_path) as err:
+        with open_nofollow(stdout_path, root=cfg.data_root) as out, \
+                open_nofollow(stderr_path, root=cfg.data_root) as err:
             with self._lock:
                 if self._cancel_reason is not None:
                     raise Cancelled(self._cancel_reason)

@@ -18,7 +18,7 @@ import time
 from typing import Any, Dict, List, Mapping
 from urllib.parse import unquote_plus
 
-from postprocessing import layout
+from postprocessing import layout, safefiles
 from postprocessing.config import Config, queue_destination
 from postprocessing.errors import JobFailed
 from postprocessing.messages import plain_name
@@ -78,10 +78,10 @@ def _clean(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "; ").replace("\t", " ")
 
 
-def log_parameters(directory: str, values: Mapping[str, str]) -> None:
+def log_parameters(directory: str, values: Mapping[str, str], root: str) -> None:
     """Append the values to ``reduction_parameters.txt`` (TSV; a header on first write)."""
     keys = sorted(values)
-    with open_nofollow(os.path.join(directory, PARAMETER_LOG), "a", encoding="utf-8") as handle:
+    with open_nofollow(os.path.join(directory, PARAMETER_LOG), "a", root=root, encoding="utf-8") as handle:
         if handle.tell() == 0:
             handle.write("\t".join(["time"] + [_clean(key) for key in keys]) + "\n")
         row = [time.strftime("%Y-%m-%d %H:%M:%S")] + [_clean(values[key]) for key in keys]
@@ -190,8 +190,9 @@ class CreateScriptProcessor(Processor):
         """Write the script; returns the status text, raises ScriptError."""
         fields = ctx.work.fields
         directory = layout.instrument_shared(self.config, facility, instrument)
-        if not os.path.isdir(directory):
-            raise ScriptError("no directory %s" % directory)
+        problem = safefiles.check_dir(directory, self.config.data_root)
+        if problem is not None:
+            raise ScriptError(problem if os.path.isdir(directory) else "no directory %s" % directory)
         writer = ScriptWriter(directory, instrument, self.config.script_backup_count)
         use_default = fields.get("use_default")
         if use_default is None:
@@ -221,7 +222,7 @@ class CreateScriptProcessor(Processor):
             raise ScriptError("template %s is not UTF-8 text" % template) from None
         writer.install(fill(text, values).encode("utf-8"), writer.mode(template))
         try:
-            log_parameters(directory, values)
+            log_parameters(directory, values, self.config.data_root)
         except OSError as err:
             ctx.log.warning("cannot log the parameters in %s: %s", PARAMETER_LOG, err.strerror)
         except UnsafePath as err:
