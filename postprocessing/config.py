@@ -102,6 +102,8 @@ class Config:
     image_filepath_metadata_paths: Tuple[str, ...] = ("metadata.entry.daslogs.bl10:exp:im:imagefilepath.value",)
     # reduction scripts
     script_backup_count: int = 5
+    #: Broker users (as the broker validates them) whose CREATE_SCRIPT requests are obeyed.
+    create_script_users: Tuple[str, ...] = ()
     # facility layout
     data_root: str = "/"
     facility: str = "SNS"

@@ -102,14 +102,14 @@ def test_symlinks_planted_at_targets_are_not_followed(make_agent, facility, clie
     os.makedirs(inst_dir)
     open(os.path.join(inst_dir, "reduce_ARCS.py.template"), "w").write("x = $x\n")
     os.symlink(str(victim), os.path.join(inst_dir, "reduce_ARCS.py"))
-    agent = make_agent()
+    agent = make_agent(create_script_users=[client.user])
     status = agent.config["service_status"].replace("${instrument}", "ARCS")
     client.subscribe(status)
     agent.start()
     client.send(agent.q("reduction_data_ready"), facility.run("CNCS", "IPTS-1", 1))
     error = client.wait(agent.q("reduction_error"))[0]["error"]
     assert "refusing to write through a symbolic link" in error
-    client.send(agent.q("create_reduction_script"), {"instrument": "ARCS", "use_default": False,
+    client.send_vouched(agent.q("create_reduction_script"), {"instrument": "ARCS", "use_default": False,
                                                      "template_data": {"x": "1"}})
     assert "refusing to replace a symbolic link" in client.wait(status)[0]["status"]
     assert victim.read_text() == "precious"

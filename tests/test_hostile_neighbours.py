@@ -165,3 +165,55 @@ def test_links_the_facility_made_are_followed(make_agent, facility, client, tmp_
     client.send(agent.q("reduction_data_ready"), msg)
     client.wait(agent.q("reduction_complete"))
     assert open(os.path.join(facility.output_dir("CNCS", "IPTS-1"), "reduced.txt")).read() == msg["data_file"]
+
+
+# -- CREATE_SCRIPT ---------------------------------------------------------------------------
+@pytest.fixture
+def script_agent(make_agent, facility, client):
+    """Start an agent with a CNCS template; the client hears the CNCS status topic."""
+    facility.script("CNCS", "mask = $mask\nx = '$x'\n# postprocessing: multiline mask\n",
+                    name="reduce_CNCS.py.template")
+
+    def start(**overrides):
+        agent = make_agent(**overrides)
+        agent.status = agent.q("service_status").replace("${instrument}", "CNCS")
+        client.subscribe(agent.status)
+        return agent.start()
+    return start
+
+
+def script_request(**values):
+    return {"instrument": "CNCS", "use_default": False, "template_data": values}
+
+
+def test_create_script_is_refused_from_a_user_not_configured(script_agent, facility, client):
+    agent = script_agent(create_script_users=["webmon"])
+    client.send_vouched(agent.q("create_reduction_script"), script_request(mask="1", x="2"))
+    status = client.wait(agent.status)[0]["status"]
+    assert status == ("Error creating CNCS reduction script: request refused: broker user %s is not in "
+                      "create_script_users" % client.user)
+    assert not os.path.exists(os.path.join(facility.instrument_dir("CNCS"), "reduce_CNCS.py"))
+
+
+def test_a_forged_validated_user_header_is_refused(script_agent, facility, client):
+    agent = script_agent(create_script_users=["webmon"])
+    forged = {"JMSXUserID": "webmon", "_AMQ_VALIDATED_USER": "webmon"}
+    client.send(agent.q("create_reduction_script"), script_request(mask="1", x="2"), headers=forged)
+    status = client.wait(agent.status)[0]["status"]
+    assert status.startswith("Error creating CNCS reduction script: request refused: ")
+    assert "webmon" not in status.split("refused: ")[1].split(" is not")[0]
+    assert not os.path.exists(os.path.join(facility.instrument_dir("CNCS"), "reduce_CNCS.py"))
+
+
+def test_a_line_break_is_refused_unless_the_template_marks_the_key(script_agent, facility, client):
+    agent = script_agent(create_script_users=["webmon", client.user])
+    client.send_vouched(agent.q("create_reduction_script"),
+                        script_request(mask="1", x="2'\nimport os\nos.system('id')\nx='"))
+    status = client.wait(agent.status)[0]["status"]
+    assert status == ("Error creating CNCS reduction script: the value of x has a line break, and the "
+                      "template does not mark x as multi-line")
+    script = os.path.join(facility.instrument_dir("CNCS"), "reduce_CNCS.py")
+    assert not os.path.exists(script)
+    client.send_vouched(agent.q("create_reduction_script"), script_request(mask="[1,\n 2]", x="2"))
+    assert client.wait(agent.status, count=2)[1]["status"] == "Created CNCS reduction script"
+    assert open(script).read() == "mask = [1,\n 2]\nx = '2'\n# postprocessing: multiline mask\n"

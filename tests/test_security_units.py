@@ -12,6 +12,7 @@ from postprocessing.agent.heartbeat import ping_reply, reply_destination
 from postprocessing.agent.ping import PingPolicy
 from postprocessing.errors import JobFailed
 from postprocessing.jobs.process import JobProcess
+from postprocessing.transport.validated import validated_user
 
 
 def test_log_text_escapes_every_control_character():
@@ -96,3 +97,13 @@ def test_open_nofollow_refuses_links_at_the_target_and_hard_links(tmp_path):
     with pytest.raises(safefiles.UnsafePath, match="hard links"):
         safefiles.open_nofollow(str(tmp_path / "hard.log"), "w", root=str(tmp_path))
     assert victim.read_text() == "precious"
+
+
+def test_validated_user_reads_only_the_header_of_the_broker_kind():
+    headers = {"JMSXUserID": "amq", "_AMQ_VALIDATED_USER": "artemis", "user-id": "rabbit"}
+    assert validated_user(headers, "activemq") == "amq"
+    assert validated_user(headers, "artemis") == "artemis"
+    assert validated_user(headers, "rabbitmq") == "rabbit"
+    assert validated_user(headers, "auto") is None
+    assert validated_user({"JMSXUserID": ""}, "activemq") is None
+    assert validated_user({"user-id": "x"}, "activemq") is None

@@ -280,7 +280,7 @@ class Agent:
             fields = messages.decode_body(d.body, self.config.max_body_bytes)
             if processor is None:
                 raise InvalidMessage("No processor for destination %s" % d.destination)
-            run.work = processor.accept(fields)
+            run.work = processor.accept_from(fields, validated_user(d.headers, self.config.broker_type))
             run.processor = processor
             cancel = self.cancels.take(run.work.payload) if processor.cancellable else None
             if cancel is not None:

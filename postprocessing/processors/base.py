@@ -30,6 +30,8 @@ class Work:
     payload: Any = None
     #: Runs of one proposal never run together when ``serialize_per_proposal`` is on.
     proposal: Optional[str] = None
+    #: The sender as the broker validated it (see transport/validated.py), if it did.
+    sender: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +142,10 @@ class Processor:
     def accept(self, data: Dict[str, Any]) -> Work:
         """Validate a message body into Work; raises InvalidMessage."""
         raise NotImplementedError
+
+    def accept_from(self, data: Dict[str, Any], sender: Optional[str]) -> Work:
+        """:meth:`accept`, recording the broker-validated ``sender`` in the Work."""
+        return dataclasses.replace(self.accept(data), sender=sender)
 
     def run(self, ctx: JobContext) -> Outcome:
         """Do the work to its outcome; runs on the job's own thread."""
