@@ -14,7 +14,7 @@ import json, os, sys, time
 start = time.time()
 time.sleep(float(os.environ.get("SLEEP", "%s")))
 with open(sys.argv[2] + os.path.basename(sys.argv[1]) + ".json", "w") as out:
-    json.dump({"start": start, "end": time.time(), "agent": os.environ["POSTPROCESSING_AGENT"]}, out)
+    json.dump({"start": start, "end": time.time(), "agent": os.environ["POSTPROCESSING_AGENT_ID"]}, out)
 """
 
 

@@ -67,7 +67,7 @@ def test_credentials_never_leak(make_agent, facility, tmp_path, reliability_rows
         for secret in (PASSWORD, TOKEN):
             leaks = [where for where, text in places.items() if secret in text]
             assert not leaks, "%s leaked into %s" % (secret[:6], leaks)
-        assert job_cmdlines and seen["env"].get("POSTPROCESSING_AGENT")
+        assert job_cmdlines and seen["env"].get("POSTPROCESSING_AGENT_ID")
         assert "ONCAT:" in watcher.get(agent.q("catalog_error"))[0]["error"]
         reliability_rows.record(
             "credentials",

@@ -3,12 +3,16 @@ can do to the agent, tried through a real broker against a real agent process.""
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 import psutil
 import pytest
 
 from postprocessing.agent import ping
+from postprocessing.jobs import identity
+from tests.support.cli import broker_config, run_cli, write_config
 
 pytestmark = pytest.mark.broker
 
@@ -217,3 +221,27 @@ def test_a_line_break_is_refused_unless_the_template_marks_the_key(script_agent,
     client.send_vouched(agent.q("create_reduction_script"), script_request(mask="[1,\n 2]", x="2"))
     assert client.wait(agent.status, count=2)[1]["status"] == "Created CNCS reduction script"
     assert open(script).read() == "mask = [1,\n 2]\nx = '2'\n# postprocessing: multiline mask\n"
+
+
+# -- which process is the agent ---------------------------------------------------------------
+def test_stop_does_not_signal_a_reused_pid_with_an_agent_like_command_line(broker, tmp_path):
+    pid_file = str(tmp_path / "pp.pid")
+    path = write_config(str(tmp_path / "pp.conf"), broker_config(broker, pid_file=pid_file,
+                                                                 log_file=str(tmp_path / "pp.log")))
+    impostor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "postprocessing"])
+    try:
+        with open(pid_file, "w") as handle:
+            handle.write("%d\n" % impostor.pid)
+        earlier = identity.identity(impostor.pid).rsplit(":", 1)[0] + ":1"
+        with open(pid_file + ".id", "w") as handle:
+            handle.write(earlier + "\n")
+        status = run_cli(path, "status")
+        assert status.returncode == 1, status.stdout
+        stop = run_cli(path, "stop")
+        assert stop.returncode == 0 and "not running" in stop.stdout, stop.stdout + stop.stderr
+        time.sleep(0.2)
+        assert impostor.poll() is None, "stop signalled a process that only looks like the agent"
+        assert not os.path.exists(pid_file) and not os.path.exists(pid_file + ".id")
+    finally:
+        impostor.kill()
+        impostor.wait()

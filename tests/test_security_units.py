@@ -2,8 +2,11 @@
 
 import logging
 import os
+import signal
+import subprocess
 import tempfile
 
+import psutil
 import pytest
 
 from postprocessing import logsafe, safefiles
@@ -11,6 +14,7 @@ from postprocessing.agent import ping
 from postprocessing.agent.heartbeat import ping_reply, reply_destination
 from postprocessing.agent.ping import PingPolicy
 from postprocessing.errors import JobFailed
+from postprocessing.jobs import environment, identity, reaper
 from postprocessing.jobs.process import JobProcess
 from postprocessing.transport.validated import validated_user
 
@@ -107,3 +111,33 @@ def test_validated_user_reads_only_the_header_of_the_broker_kind():
     assert validated_user(headers, "auto") is None
     assert validated_user({"JMSXUserID": ""}, "activemq") is None
     assert validated_user({"user-id": "x"}, "activemq") is None
+
+
+def test_orphan_reaping_survives_a_clock_step(monkeypatch):
+    stand_in = subprocess.Popen(["sleep", "60"])
+    job = subprocess.Popen(["sleep", "60"], start_new_session=True,
+                           env={environment.MARKER: environment.agent_identity(stand_in.pid),
+                                                   "PATH": os.environ["PATH"]})
+    try:
+        real = psutil.Process.create_time
+        monkeypatch.setattr(psutil.Process, "create_time", lambda self: real(self) + 7.0)  # the clock was stepped
+        reaper.reap_orphans()
+        assert job.poll() is None, "a job of a live agent was killed after a clock step"
+        stand_in.kill()
+        stand_in.wait()
+        assert job.pid in reaper.reap_orphans()
+        assert job.wait(10) == -signal.SIGKILL
+    finally:
+        for proc in (stand_in, job):
+            proc.kill()
+            proc.wait()
+
+
+def test_identity_uses_boot_id_and_start_ticks():
+    text = identity.identity(os.getpid())
+    pid, boot, ticks = text.split(":")
+    assert int(pid) == os.getpid() and boot == identity.boot_id() and int(ticks) > 0
+    assert identity.alive(text) is True
+    assert identity.alive("%s:%s:%d" % (pid, boot, int(ticks) + 1)) is False
+    assert identity.alive("%s:another-boot:%s" % (pid, ticks)) is False
+    assert identity.alive("123:4567.89") is None
