@@ -13,6 +13,7 @@ import pytest
 from postprocessing.agent import ping
 from postprocessing.jobs import identity
 from tests.support.cli import broker_config, run_cli, write_config
+from tests.support.stallserver import StallServer
 
 pytestmark = pytest.mark.broker
 
@@ -245,3 +246,40 @@ def test_stop_does_not_signal_a_reused_pid_with_an_agent_like_command_line(broke
     finally:
         impostor.kill()
         impostor.wait()
+
+
+# -- in-process jobs: time limit and cancellation -----------------------------------------------
+@pytest.fixture
+def stalled_oncat():
+    server = StallServer()
+    yield server
+    server.stop()
+
+
+def catalog_agent(make_agent, client, oncat_url, **overrides):
+    agent = make_agent(oncat_url=oncat_url, oncat_api_token="t", oncat_timeout_sec=1, **overrides)
+    client.subscribe(agent.q("catalog_started"), agent.q("catalog_error"), agent.q("catalog_complete"))
+    return agent.start()
+
+
+def test_a_stalled_oncat_job_ends_at_the_time_limit(make_agent, facility, client, stalled_oncat):
+    agent = catalog_agent(make_agent, client, stalled_oncat.url, task_time_limit_minutes=0.05)
+    client.send(agent.q("catalog_data_ready"), facility.run("CNCS", "IPTS-1", 100))
+    error = client.wait(agent.q("catalog_error"), timeout=30)[0]
+    assert error["error"] == "ONCAT: Time limit exceeded: ran longer than 0.05 minutes"
+    assert stalled_oncat.requests == 1
+    client.send(agent.q("catalog_data_ready"), facility.run("CNCS", "IPTS-1", 101))
+    client.wait(agent.q("catalog_started"), count=2)
+    assert agent.stop(timeout=30) == 0
+    assert client.total(agent.q("catalog_error")) == 2
+
+
+def test_a_stalled_oncat_job_can_be_cancelled(make_agent, facility, client, stalled_oncat):
+    agent = catalog_agent(make_agent, client, stalled_oncat.url)
+    client.send(agent.q("catalog_data_ready"), facility.run("CNCS", "IPTS-1", 100))
+    client.wait(agent.q("catalog_started"))
+    client.send(agent.q("reduction_cancel"), {"cancel": True, "instrument": "CNCS", "run_number": "100",
+                                              "information": "alice"})
+    error = client.wait(agent.q("catalog_error"), timeout=30)[0]
+    assert error["error"] == "ONCAT: cancelled" and error["cancelled_by"] == "alice"
+    assert agent.stop(timeout=30) == 0

@@ -343,7 +343,7 @@ class Agent:
     def _job_main(self, key: str, processor: Processor, ctx: JobContext) -> None:
         """The job's own thread: run the processor to an outcome, whatever happens."""
         try:
-            result = processor.run(ctx)
+            result = processor.execute(ctx)
         except Cancelled:
             result = processor.cancelled(ctx.work, ctx.cancelled_by or "unknown")
         except PostProcessingError as err:

@@ -63,6 +63,7 @@ class ReductionProcessor(Processor):
     name = "reduction"
     queue_key = "reduction_data_ready"
     cancellable = True
+    in_process = False
 
     def accept(self, data: Dict[str, Any]) -> Work:
         request = parse_run(data, self.config.facility)
