@@ -29,10 +29,11 @@ def test_log_text_escapes_every_control_character():
 def test_a_failed_spawn_closes_its_fds_and_names_the_program():
     before = len(os.listdir("/proc/self/fd"))
     with tempfile.TemporaryFile() as out:
-        for _ in range(20):
+        for _ in range(50):
             with pytest.raises(JobFailed, match="cannot start /nonexistent/python9: No such file"):
                 JobProcess(["/nonexistent/python9", "x.py"], "/", out, out, {})
-    assert len(os.listdir("/proc/self/fd")) == before
+    # Two per spawn leaked before; a few may come and go with other threads of the session (broker clients).
+    assert len(os.listdir("/proc/self/fd")) - before < 10
 
 
 class Clock:
