@@ -479,9 +479,8 @@ class Agent:
             self.cancels.discard(cancel)
         else:
             self.cancels.add(cancel)
-            logger.info("cancel of %s %s by %s: no such run here; it stands for %.0f s",
-                        logsafe.text(cancel.instrument), logsafe.text(cancel.run_number), logsafe.text(cancel.who),
-                        self.config.cancel_window_sec)
+            logger.info("cancel of %s %s by %s: no such run here; it stands for %.0f s", cancel.instrument,
+                        cancel.run_number, logsafe.text(cancel.who), self.config.cancel_window_sec)
 
     def _cancel_runs(self, cancel: CancelRequest) -> bool:
         matched = False
