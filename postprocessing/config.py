@@ -131,6 +131,8 @@ class Config:
     test_data_ready: str = "REDUCTION.TESTPROCESSOR.DATA_READY"
     # reduction scripts
     script_backup_count: int = 5
+    #: Broker users (as the broker validates them) whose CREATE_SCRIPT requests are obeyed.
+    create_script_users: Tuple[str, ...] = ()
     # facility layout
     data_root: str = "/"
     facility: str = "SNS"

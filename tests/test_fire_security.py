@@ -64,7 +64,7 @@ def test_credentials_never_leak(make_agent, facility, private_broker, reliabilit
         for secret in (PASSWORD, TOKEN):
             leaks = [where for where, text in places.items() if secret in text]
             assert not leaks, "%s leaked into %s" % (secret[:6], leaks)
-        assert job_cmdlines and seen["env"].get("POSTPROCESSING_AGENT")
+        assert job_cmdlines and seen["env"].get("POSTPROCESSING_AGENT_ID")
         assert "ONCAT:" in watcher.get(agent.q("catalog_error"))[0]["error"]
         reliability_rows.record(
             "credentials" + ("" if broker.kind == "activemq" else "_" + broker.kind),
@@ -99,14 +99,14 @@ def test_symlinks_planted_at_targets_are_not_followed(make_agent, facility, clie
     os.makedirs(inst_dir)
     open(os.path.join(inst_dir, "reduce_ARCS.py.template"), "w").write("x = $x\n")
     os.symlink(str(victim), os.path.join(inst_dir, "reduce_ARCS.py"))
-    agent = make_agent()
+    agent = make_agent(create_script_users=[client.user])
     status = agent.config["service_status"].replace("${instrument}", "ARCS")
     client.subscribe(status)
     agent.start()
     client.send(agent.q("reduction_data_ready"), facility.run("CNCS", "IPTS-1", 1))
     error = client.wait(agent.q("reduction_error"))[0]["error"]
     assert "refusing to write through a symbolic link" in error
-    client.send(agent.q("create_reduction_script"), {"instrument": "ARCS", "use_default": False,
+    client.send_vouched(agent.q("create_reduction_script"), {"instrument": "ARCS", "use_default": False,
                                                      "template_data": {"x": "1"}})
     assert "refusing to replace a symbolic link" in client.wait(status)[0]["status"]
     assert victim.read_text() == "precious"
