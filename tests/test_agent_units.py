@@ -6,6 +6,7 @@ import time
 from typing import Any, Dict, List
 
 from postprocessing.agent.agent import Agent
+from postprocessing.agent.runs import RunState
 from postprocessing.config import Config
 from postprocessing.errors import InvalidMessage
 from postprocessing.processors.base import JobContext, Outcome, Processor, Work
@@ -120,8 +121,8 @@ def test_outcome_finished_while_disconnected_is_sent_after_reconnect():
     transport.refuse_connect = True
     agent.run_once(0.05)
     proc.gate.set()
-    spin(agent, lambda: agent.outbox and not agent.connected and not any(
-        r.state == "running" for r in agent.runs.values()))
+    spin(agent, lambda: agent.outbox and not agent.connected and not agent.runs.count(
+        RunState.RUNNING))
     assert not bodies(transport, "/queue/DONE"), "sent while disconnected?"
     transport.refuse_connect = False
     spin(agent, lambda: transport.acked)
@@ -157,7 +158,7 @@ def test_redelivery_with_a_new_message_id_rejoins_its_job():
     spin(agent, lambda: bodies(transport, "/queue/STARTED"))
     transport.drop_connection("consumer timeout")
     spin(agent, lambda: agent.connected and len(agent.runs) == 1 and any(
-        r.delivery.epoch == transport.epoch for r in agent.runs.values()))
+        r.delivery.epoch == transport.epoch for r in agent.runs))
     proc.gate.set()
     spin(agent, lambda: transport.acked)
     assert proc.ran == ["8"] and len(transport.acked) == 1

@@ -4,9 +4,11 @@ Everything that happens reaches the loop as an event in its inbox: deliveries, r
 and disconnects from the transport's receiver thread, messages and results from job
 threads, and stop requests from signal handlers.  A run message is acked only after the
 broker has confirmed its outcome (receipt), and only here, in :meth:`Agent._settle`.
+
+The loop's parts live beside it: the run table (runs.py), the broker link (link.py),
+holding and admission (holding.py), subscriptions, the outbox and cancellation.
 """
 
-import collections
 import logging
 import os
 import queue
@@ -15,15 +17,17 @@ import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from postprocessing import messages
-from postprocessing.agent.cancels import CancelBook, CancelRequest, parse_cancel
+from postprocessing.agent.cancels import CancelBook, cancel_targets, parse_cancel
+from postprocessing.agent.events import JobDone, Publish, Stop
 from postprocessing.agent.heartbeat import heartbeat_body, ping_reply, reply_destination
+from postprocessing.agent.holding import Holding
+from postprocessing.agent.link import BrokerLink
 from postprocessing.agent.observer import Observer
 from postprocessing.agent.outbox import Outbox
-from postprocessing.agent.runs import JobDone, Publish, Run, Stop, twin_key
+from postprocessing.agent.runs import Run, RunState, RunTable, twin_key
 from postprocessing.agent.subscriptions import Subscriptions
 from postprocessing.config import Config
-from postprocessing.errors import Cancelled, InvalidMessage, NotConnected, PostProcessingError, TransportError
-from postprocessing.jobs.limits import Admission
+from postprocessing.errors import Cancelled, InvalidMessage, NotConnected, PostProcessingError
 from postprocessing.jobs.slots import Slots
 from postprocessing.processors.base import JobContext, Outcome, Processor
 from postprocessing.transport import Delivery, Disconnected, Receipt, Sink, Transport
@@ -49,24 +53,24 @@ class Agent:
         self.pid = os.getpid()
         self.inbox: queue.Queue[object] = queue.Queue()
         self.transport = transport_factory(self.inbox.put)
+        self.link = BrokerLink(config, self.transport)
         self.processors = {p.queue: p for p in processors}
         self.subs = Subscriptions(self.transport, list(self.processors))
         self.outbox = Outbox(self.transport)
         self.slots = Slots(config.max_procs, config.jobs_per_instrument, config.serialize_per_proposal)
         self.cancels = CancelBook(config.cancel_window_sec)
-        self.admission = Admission(config.admission_max_load_per_cpu, config.admission_min_free_mem_perc)
+        self.holding = Holding(config)
         self.job_env = dict(job_env)
-        self.runs: collections.OrderedDict[str, Run] = collections.OrderedDict()
-        self.settled: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self.connected = False
+        self.runs = RunTable()
+        self.settled: Dict[str, None] = {}
         self.stopping = False
         self._stop_deadline: Optional[float] = None
-        self._backoff = config.reconnect_initial_sec
-        self._next_connect = 0.0
         self._next_heartbeat = 0.0
-        self._next_admission: Optional[float] = None
-        self._overload_reason: Optional[str] = None
         self._last_activity = time.monotonic()
+
+    @property
+    def connected(self) -> bool:
+        return self.link.connected
 
     # -- public ------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -86,16 +90,16 @@ class Agent:
     def run_once(self, max_wait: Optional[float] = None) -> bool:
         """Fire due timers, then handle at most one event; True once a stop has completed."""
         now = time.monotonic()
-        if not self.connected and now >= self._next_connect:
+        if not self.connected and now >= self.link.next_connect:
             self._connect()
         if self.connected and now >= self._next_heartbeat:
             self._heartbeat()
         failback = self._failback_due()
         if failback is not None and now >= failback:
             self._failback()
-        if self._next_admission is not None and now >= self._next_admission:
+        if self.holding.next_admission is not None and now >= self.holding.next_admission:
             self._admit()
-        hold = self._hold_deadline()
+        hold = self.holding.deadline(self.runs)
         if hold is not None and now >= hold:
             self._release_held(now)
         if self.stopping and self._finished(now):
@@ -111,25 +115,19 @@ class Agent:
     # -- the loop's helpers --------------------------------------------------------------
     def _wait_time(self) -> float:
         now = time.monotonic()
-        deadlines = [self._next_heartbeat if self.connected else self._next_connect]
-        if self._next_admission is not None:
-            deadlines.append(self._next_admission)
-        hold = self._hold_deadline()
-        if hold is not None:
-            deadlines.append(hold)
-        failback = self._failback_due()
-        if failback is not None:
-            deadlines.append(failback)
-        if self._stop_deadline is not None:
-            deadlines.append(self._stop_deadline)
+        deadlines = [self._next_heartbeat if self.connected else self.link.next_connect]
+        for deadline in (self.holding.next_admission, self.holding.deadline(self.runs), self._failback_due(),
+                         self._stop_deadline):
+            if deadline is not None:
+                deadlines.append(deadline)
         return max(0.0, min(deadlines) - now)
 
     def _finished(self, now: float) -> bool:
-        if any(run.state == "running" for run in self.runs.values()):
+        if self.runs.count(RunState.RUNNING):
             return False
         if self._stop_deadline is None:
             self._stop_deadline = now + self.config.shutdown_timeout_sec
-        if not self.runs and not len(self.outbox):
+        if not len(self.runs) and not len(self.outbox):
             return True
         if now >= self._stop_deadline:
             logger.warning("stopping with %d unconfirmed messages; their runs will be redelivered",
@@ -152,17 +150,10 @@ class Agent:
         elif isinstance(event, Stop):
             self._on_stop(event)
 
+    # -- the broker link -----------------------------------------------------------------
     def _connect(self) -> None:
-        try:
-            self.transport.connect()
-        except TransportError as err:
-            self._next_connect = time.monotonic() + self._backoff
-            logger.warning("broker connection failed (%s); retrying in %.1f s", err, self._backoff)
-            self._backoff = min(self._backoff * 2, self.config.reconnect_max_sec)
+        if not self.link.connect():
             return
-        self.connected = True
-        self._backoff = self.config.reconnect_initial_sec
-        logger.info("connected to broker %s", self.transport.connected_to)
         self.observer.reconnected()
         try:
             self.transport.subscribe(self.config.heartbeat_ping, _PING_SUB, client_ack=False, prefetch=1)
@@ -177,31 +168,22 @@ class Agent:
         self._next_heartbeat = 0.0
 
     def _failback_due(self) -> Optional[float]:
-        """When to try the first broker again: on a backup, holding nothing, idle for a while."""
-        if not self.config.failback_interval_sec or not self.connected or self.transport.connected_index <= 0:
-            return None
-        if self.runs or len(self.outbox) or self.stopping:
-            return None
-        return self._last_activity + self.config.failback_interval_sec
+        """On a backup broker, holding nothing: when to try the first broker again."""
+        idle = not len(self.runs) and not len(self.outbox) and not self.stopping
+        return self.link.failback_due(self._last_activity if idle else None)
 
     def _failback(self) -> None:
         """Return to the first broker, whose persisted messages nobody else may be taking."""
         self._last_activity = time.monotonic()
-        if not self.transport.primary_reachable():
-            return
-        logger.info("the first broker is back and %s is idle: failing back", self.transport.connected_to)
-        self.connected = False
-        self.subs.reset()
-        self._connect()
+        if self.link.primary_back():
+            self.subs.reset()
+            self._connect()
 
     def _on_disconnected(self, event: Disconnected) -> None:
-        if event.epoch != self.transport.epoch or not self.connected:
+        if not self.link.lost(event):
             return
-        logger.warning("lost broker connection: %s", event.reason)
-        self.connected = False
         self.subs.reset()
-        self._next_connect = time.monotonic() + self._backoff
-        for run in [r for r in self.runs.values() if r.state == "waiting"]:
+        for run in self.runs.in_state(RunState.WAITING):
             self._forget(run, "the broker takes it back")
 
     def _heartbeat(self) -> None:
@@ -217,7 +199,7 @@ class Agent:
         if self.stopping:
             return
         logger.info("stopping (%s): no new work; waiting for %d running jobs", event.reason,
-                    sum(1 for r in self.runs.values() if r.state == "running"))
+                    self.runs.count(RunState.RUNNING))
         self.stopping = True
         self._reconcile()
 
@@ -234,14 +216,14 @@ class Agent:
             return
         if d.subscription != _CANCEL_SUB and not self.subs.take(d):
             return
-        run = self.runs.get(d.message_id) or self._stale_twin(d)
+        run = self.runs.get(d.message_id) or self.runs.stale_twin(d)
         if run is not None:
             logger.info("redelivery of %s (%s) rejoins its %s job", d.message_id,
-                        run.work.label if run.work else "message", run.state)
+                        run.work.label if run.work else "message", run.state.value)
             run.delivery = d
             return
         run = Run(d.message_id, d)
-        self.runs[run.key] = run
+        self.runs.add(run)
         if d.message_id in self.settled or (d.redelivered and twin_key(d) in self.settled):
             logger.info("redelivery of settled message %s: acknowledging", d.message_id)
             self._settle(run)
@@ -254,20 +236,6 @@ class Agent:
             return
         self._accept(run)
         self._admit()
-
-    def _stale_twin(self, d: Delivery) -> Optional[Run]:
-        """A run whose delivery died with an earlier connection and that ``d`` redelivers.
-
-        ActiveMQ keeps a message's id across redeliveries; RabbitMQ gives each delivery a new
-        one, so a redelivered message is matched by destination and body instead.
-        """
-        if not d.redelivered:
-            return None
-        for run in self.runs.values():
-            old = run.delivery
-            if old.epoch != d.epoch and old.destination == d.destination and old.body == d.body:
-                return run
-        return None
 
     def _accept(self, run: Run) -> None:
         d = run.delivery
@@ -296,31 +264,52 @@ class Agent:
         return Outcome(self.config.destination("postprocess_error"), messages.outcome(
             {"raw": messages.raw_echo(d.body), "destination": d.destination}, self.hostname, error))
 
+    # -- holding and admission -----------------------------------------------------------
     def _admit(self) -> None:
         """Start waiting runs that have a slot, unless the node is overloaded."""
-        self._next_admission = None
-        if not self._overloaded():
-            for run in [r for r in self.runs.values() if r.state == "waiting"]:
+        self.holding.next_admission = None
+        if not self.holding.overloaded():
+            for run in self.runs.in_state(RunState.WAITING):
                 if self.slots.can_start(run.instrument, run.proposal):
                     self._start(run)
         self._reconcile()
 
-    def _overloaded(self) -> bool:
-        reason = self.admission.overloaded()
-        if reason is None:
-            self._overload_reason = None
-            return False
-        if reason != self._overload_reason:
-            logger.info("node overloaded (%s): no job starts until it is not", reason)
-        self._overload_reason = reason
-        if self._next_admission is None:
-            self._next_admission = time.monotonic() + self.config.admission_check_interval_sec
-        return True
+    def _reconcile(self) -> None:
+        """Hold only what can run soon; keep one idle subscription per queue while there is room."""
+        if not self.connected:
+            return
+        let_go, free = self.holding.fit(self.runs, self.slots.running, self.stopping,
+                                        self.transport.returns_on_unsubscribe)
+        for run in let_go:
+            self._let_go(run, "no free slot")
+        self.subs.reconcile(free)
 
+    def _let_go(self, run: Run, why: str) -> None:
+        """Give a run that has not started back to the broker and forget it.
+
+        On a broker that keeps un-acked messages of dropped subscriptions (RabbitMQ), a
+        stopping agent keeps them un-acked instead: they return when it disconnects.
+        """
+        if self.transport.returns_on_unsubscribe or not self.stopping:
+            self.subs.give_back(run.delivery)
+        self._forget(run, why)
+
+    def _forget(self, run: Run, why: str) -> None:
+        """Drop a run that never started; the broker still has its message."""
+        logger.info("letting go of message %s (%s)", run.key, why)
+        self.runs.pop(run.key)
+
+    def _release_held(self, now: float) -> None:
+        """Runs that waited too long for a slot go back to the broker, for an idle agent."""
+        for run in self.holding.overdue(self.runs, now):
+            self._let_go(run, "waited %.0f s for a slot" % (now - run.waiting_since))
+        self._reconcile()
+
+    # -- jobs ----------------------------------------------------------------------------
     def _start(self, run: Run) -> None:
         assert run.work is not None and run.processor is not None
         self.slots.start(run.instrument, run.proposal)
-        run.state = "running"
+        run.state = RunState.RUNNING
         run.started_at = time.monotonic()
         self.observer.job_started(run.processor.name)
         run.ctx = JobContext(self.config, self.hostname, run.work, self._publisher(), self.job_env,
@@ -363,9 +352,8 @@ class Agent:
 
     # -- outcomes and settlement ---------------------------------------------------------
     def _finish(self, run: Run, result: Outcome) -> None:
-        run.state = "finishing"
-        label = run.work.label if run.work else run.key
-        logger.info("[%s] outcome -> %s", label, result.destination)
+        run.state = RunState.FINISHING
+        logger.info("[%s] outcome -> %s", run.label, result.destination)
         self.outbox.send(result.destination, messages.encode(result.body),
                          on_confirm=lambda: self._confirmed(run.key), headers=result.headers)
 
@@ -381,7 +369,7 @@ class Agent:
         if run is not None and run.delivery.epoch != self.transport.epoch:
             self.settled[twin_key(run.delivery)] = None
         while len(self.settled) > _SETTLED_MEMORY:
-            self.settled.popitem(last=False)
+            del self.settled[next(iter(self.settled))]
         if run is not None:
             self._settle(run)
 
@@ -392,7 +380,7 @@ class Agent:
         the ack cannot be sent (its delivery died with an earlier connection, for example
         on a broker the agent failed over from).
         """
-        self.runs.pop(run.key, None)
+        self.runs.pop(run.key)
         try:
             self.transport.ack(run.delivery)
         except NotConnected:
@@ -401,55 +389,7 @@ class Agent:
             self.subs.done(run.delivery)
         self._reconcile()
 
-    def _forget(self, run: Run, why: str) -> None:
-        """Drop a run that never started; the broker still has its message."""
-        logger.info("letting go of message %s (%s)", run.key, why)
-        self.runs.pop(run.key, None)
-
-    def _reconcile(self) -> None:
-        """Hold only what can run soon; keep one idle subscription per queue while there is room.
-
-        Runs wait here only for a per-instrument slot, and at most ``max_procs`` of them.
-        When every slot is busy, the node is overloaded or the agent is stopping, waiting
-        runs go back to the broker, where an idle agent can take them.  (On RabbitMQ they
-        stay until they have waited ``max_wait_hold_sec`` or the agent stops: see
-        subscriptions.py.)
-        """
-        if not self.connected:
-            return
-        full = self.slots.running >= self.config.max_procs
-        blocked = self.stopping or full or self._overloaded()
-        waiting = [r for r in self.runs.values() if r.state == "waiting"]
-        keep = 0 if blocked else self.config.max_procs
-        if self.stopping or self.transport.returns_on_unsubscribe:
-            for run in waiting[keep:]:
-                self._let_go(run, "no free slot")
-        finishing = sum(1 for r in self.runs.values() if r.state == "finishing" and r.ctx is not None)
-        free = self.config.max_procs - max(self.slots.running + finishing, len(waiting[:keep]))
-        self.subs.reconcile(0 if blocked else free)
-
-    def _let_go(self, run: Run, why: str) -> None:
-        """Give a run that has not started back to the broker and forget it.
-
-        On a broker that keeps un-acked messages of dropped subscriptions (RabbitMQ), a
-        stopping agent keeps them un-acked instead: they return when it disconnects.
-        """
-        if self.transport.returns_on_unsubscribe or not self.stopping:
-            self.subs.give_back(run.delivery)
-        self._forget(run, why)
-
-    # -- holding limits and cancellation -------------------------------------------------
-    def _hold_deadline(self) -> Optional[float]:
-        waiting = [r.waiting_since for r in self.runs.values() if r.state == "waiting"]
-        return min(waiting) + self.config.max_wait_hold_sec if waiting else None
-
-    def _release_held(self, now: float) -> None:
-        """Runs that waited too long for a slot go back to the broker, for an idle agent."""
-        for run in [r for r in self.runs.values() if r.state == "waiting"]:
-            if now - run.waiting_since >= self.config.max_wait_hold_sec:
-                self._let_go(run, "waited %.0f s for a slot" % (now - run.waiting_since))
-        self._reconcile()
-
+    # -- cancellation --------------------------------------------------------------------
     def _cancellable(self) -> bool:
         return any(p.cancellable for p in self.processors.values())
 
@@ -470,30 +410,21 @@ class Agent:
         except InvalidMessage as err:
             logger.warning("ignored a malformed cancel: %s", err)
             return
-        matched = self._cancel_runs(cancel)
-        if matched:
+        targets = cancel_targets(cancel, self.runs)
+        for run in targets:
+            assert run.work is not None and run.processor is not None
+            logger.info("[%s] cancelled by %s while %s", run.work.label, cancel.who, run.state.value)
+            if run.state is RunState.RUNNING and run.ctx is not None:
+                run.ctx.cancel(cancel.who)
+            else:
+                self._finish(run, run.processor.cancelled(run.work, cancel.who))
+        if targets:
             self.cancels.discard(cancel)
+            self._reconcile()
         else:
             self.cancels.add(cancel)
             logger.info("cancel of %s %s by %s: no such run here; it stands for %.0f s", cancel.instrument,
                         cancel.run_number, cancel.who, self.config.cancel_window_sec)
-
-    def _cancel_runs(self, cancel: CancelRequest) -> bool:
-        matched = False
-        for run in list(self.runs.values()):
-            if run.work is None or run.processor is None or not run.processor.cancellable:
-                continue
-            if run.state not in ("waiting", "running") or not cancel.matches(run.work.payload):
-                continue
-            matched = True
-            logger.info("[%s] cancelled by %s while %s", run.work.label, cancel.who, run.state)
-            if run.state == "running" and run.ctx is not None:
-                run.ctx.cancel(cancel.who)
-            else:
-                self._finish(run, run.processor.cancelled(run.work, cancel.who))
-        if matched:
-            self._reconcile()
-        return matched
 
     # -- ping ----------------------------------------------------------------------------
     def _answer_ping(self, d: Delivery) -> None:
@@ -501,10 +432,8 @@ class Agent:
         if ping is None:
             logger.warning("ignored a ping without a usable reply_to")
             return
-        running = sum(1 for r in self.runs.values() if r.state == "running")
-        body = messages.encode(ping_reply(ping, self.hostname, self.pid, running))
+        body = messages.encode(ping_reply(ping, self.hostname, self.pid, self.runs.count(RunState.RUNNING)))
         try:
             self.transport.send(ping["reply_to"], body, headers={"persistent": "false"})
         except NotConnected:
             logger.info("could not answer ping: not connected")
-

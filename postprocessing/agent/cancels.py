@@ -8,8 +8,9 @@ run, and one for a run that has not arrived yet stands for ``cancel_window_sec``
 
 import dataclasses
 import time
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from postprocessing.agent.runs import Run, RunState, RunTable
 from postprocessing.errors import InvalidMessage
 from postprocessing.messages import RunRequest, plain_name, run_number
 
@@ -59,3 +60,10 @@ class CancelBook:
             return None
         del self._pending[(request.instrument, request.run_number)]
         return entry[0]
+
+
+def cancel_targets(cancel: CancelRequest, runs: RunTable) -> List[Run]:
+    """The runs ``cancel`` stops: cancellable ones, waiting or running, that it names."""
+    return [run for run in runs
+            if run.work is not None and run.processor is not None and run.processor.cancellable
+            and run.state in (RunState.WAITING, RunState.RUNNING) and cancel.matches(run.work.payload)]

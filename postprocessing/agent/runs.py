@@ -1,12 +1,13 @@
-"""What the agent's loop handles besides transport events, and its record of each held run."""
+"""The run table: every message the agent holds un-acked, from delivery to settlement."""
 
+import collections
 import dataclasses
+import enum
 import hashlib
-import threading
 import time
-from typing import Any, Mapping, Optional
+from typing import Iterator, List, Optional
 
-from postprocessing.processors.base import JobContext, Outcome, Processor, Work
+from postprocessing.processors.base import JobContext, Processor, Work
 from postprocessing.transport import Delivery
 
 
@@ -15,24 +16,13 @@ def twin_key(d: Delivery) -> str:
     return "%s:%s" % (d.destination, hashlib.sha256(d.body).hexdigest())
 
 
-@dataclasses.dataclass(frozen=True)
-class Publish:
-    """A job asks the loop to send a message (for example STARTED); ``sent`` is set once queued."""
-
-    destination: str
-    body: Mapping[str, Any]
-    sent: threading.Event
-
-
-@dataclasses.dataclass(frozen=True)
-class JobDone:
-    key: str
-    outcome: Outcome
-
-
-@dataclasses.dataclass(frozen=True)
-class Stop:
-    reason: str
+class RunState(enum.Enum):
+    #: Accepted, waiting for a slot (per instrument, per proposal, or admission).
+    WAITING = "waiting"
+    #: Its job runs.
+    RUNNING = "running"
+    #: Its outcome is sent; the broker's receipt settles it.
+    FINISHING = "finishing"
 
 
 @dataclasses.dataclass
@@ -43,7 +33,7 @@ class Run:
     delivery: Delivery
     work: Optional[Work] = None
     processor: Optional[Processor] = None
-    state: str = "waiting"  # waiting -> running -> finishing
+    state: RunState = RunState.WAITING
     ctx: Optional[JobContext] = None
     started_at: float = 0.0
     waiting_since: float = dataclasses.field(default_factory=time.monotonic)
@@ -55,3 +45,49 @@ class Run:
     @property
     def proposal(self) -> Optional[str]:
         return self.work.proposal if self.work else None
+
+    @property
+    def label(self) -> str:
+        return self.work.label if self.work else self.key
+
+
+class RunTable:
+    """The held runs, oldest first, by key."""
+
+    def __init__(self) -> None:
+        self._runs: collections.OrderedDict[str, Run] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def __iter__(self) -> Iterator[Run]:
+        return iter(list(self._runs.values()))
+
+    def get(self, key: str) -> Optional[Run]:
+        return self._runs.get(key)
+
+    def add(self, run: Run) -> None:
+        self._runs[run.key] = run
+
+    def pop(self, key: str) -> Optional[Run]:
+        return self._runs.pop(key, None)
+
+    def in_state(self, state: RunState) -> List[Run]:
+        return [r for r in self._runs.values() if r.state is state]
+
+    def count(self, state: RunState) -> int:
+        return sum(1 for r in self._runs.values() if r.state is state)
+
+    def stale_twin(self, d: Delivery) -> Optional[Run]:
+        """A run whose delivery died with an earlier connection and that ``d`` redelivers.
+
+        ActiveMQ keeps a message's id across redeliveries; RabbitMQ gives each delivery a new
+        one, so a redelivered message is matched by destination and body instead.
+        """
+        if not d.redelivered:
+            return None
+        for run in self._runs.values():
+            old = run.delivery
+            if old.epoch != d.epoch and old.destination == d.destination and old.body == d.body:
+                return run
+        return None
