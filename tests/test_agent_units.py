@@ -1,66 +1,9 @@
 """The agent's loop on the in-memory transport: settlement, hoarding, disconnects, stops."""
 
 import json
-import threading
-import time
-from typing import Any, Dict, List
 
-from postprocessing.agent.agent import Agent
 from postprocessing.agent.runs import RunState
-from postprocessing.config import Config
-from postprocessing.errors import InvalidMessage
-from postprocessing.processors.base import JobContext, Outcome, Processor, Work
-from postprocessing.transport.memory import MemoryTransport
-
-QUEUE = "/queue/WORK"
-
-
-class Gate(Processor):
-    """A processor whose jobs wait for the test to open their gate."""
-
-    name = "gate"
-    queue_key = "reduction_data_ready"
-
-    def __init__(self, config: Config, hostname: str) -> None:
-        super().__init__(config, hostname)
-        self.gate = threading.Event()
-        self.ran: List[str] = []
-
-    def accept(self, data: Dict[str, Any]) -> Work:
-        if "n" not in data:
-            raise InvalidMessage("N is missing")
-        return Work(data, "run %s" % data["n"], data.get("inst"))
-
-    def run(self, ctx: JobContext) -> Outcome:
-        ctx.publish("/queue/STARTED", {"n": ctx.work.fields["n"]})
-        self.gate.wait(10)
-        self.ran.append(ctx.work.fields["n"])
-        return ctx.reply("/queue/DONE")
-
-
-def make(**overrides: Any):
-    cfg = Config(reduction_data_ready="WORK", admission_max_load_per_cpu=0, admission_min_free_mem_perc=0,
-                 heartbeat_interval_sec=60, reconnect_initial_sec=0.01, **overrides)
-    holder: Dict[str, MemoryTransport] = {}
-
-    def factory(sink):
-        holder["t"] = MemoryTransport(sink)
-        return holder["t"]
-
-    processor = Gate(cfg, "host")
-    agent = Agent(cfg, [processor], "host", factory, {})
-    return agent, holder["t"], processor
-
-
-def spin(agent: Agent, until, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, "condition not reached"
-        agent.run_once(max_wait=0.02)
-
-
-def bodies(transport: MemoryTransport, destination: str) -> List[Dict[str, Any]]:
-    return [json.loads(b) for b in transport.sent_to(destination)]
+from tests.support.memagent import QUEUE, bodies, make, spin
 
 
 def test_outcome_before_ack_and_ack_exactly_once():

@@ -9,6 +9,7 @@ The loop's parts live beside it: the run table (runs.py), the broker link (link.
 holding and admission (holding.py), subscriptions, the outbox and cancellation.
 """
 
+import itertools
 import logging
 import os
 import queue
@@ -17,25 +18,25 @@ import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from postprocessing import messages
-from postprocessing.agent.cancels import CancelBook, cancel_targets, parse_cancel
+from postprocessing.agent.cancels import CancelBook, CancelRequest, cancel_targets, closed_notice, parse_cancel, run_ref
 from postprocessing.agent.events import JobDone, Publish, Stop
 from postprocessing.agent.heartbeat import heartbeat_body, ping_reply, reply_destination
 from postprocessing.agent.holding import Holding
+from postprocessing.agent.journal import Journal, identity
 from postprocessing.agent.link import BrokerLink
 from postprocessing.agent.observer import Observer
 from postprocessing.agent.outbox import Outbox
-from postprocessing.agent.runs import Run, RunState, RunTable, twin_key
+from postprocessing.agent.runs import Run, RunState, RunTable
 from postprocessing.agent.subscriptions import Subscriptions
 from postprocessing.config import Config
 from postprocessing.errors import Cancelled, InvalidMessage, NotConnected, PostProcessingError
 from postprocessing.jobs.slots import Slots
 from postprocessing.processors.base import JobContext, Outcome, Processor
-from postprocessing.transport import Delivery, Disconnected, Receipt, Sink, Transport
+from postprocessing.transport import Delivery, Disconnected, Receipt, SendRefused, Sink, Transport
 
 logger = logging.getLogger(__name__)
 job_logger = logging.getLogger("postprocessing.jobs.run")
 
-_SETTLED_MEMORY = 10000
 _PING_SUB = "pp-ping"
 _CANCEL_SUB = "pp-cancel"
 _FANOUT_SUB = "pp-cancel-fanout"
@@ -56,13 +57,16 @@ class Agent:
         self.link = BrokerLink(config, self.transport)
         self.processors = {p.queue: p for p in processors}
         self.subs = Subscriptions(self.transport, list(self.processors))
-        self.outbox = Outbox(self.transport)
+        self.outbox = Outbox(self.transport, config.reconnect_initial_sec, config.reconnect_max_sec)
         self.slots = Slots(config.max_procs, config.jobs_per_instrument, config.serialize_per_proposal)
         self.cancels = CancelBook(config.cancel_window_sec)
         self.holding = Holding(config)
         self.job_env = dict(job_env)
         self.runs = RunTable()
-        self.settled: Dict[str, None] = {}
+        self.journal = Journal(config.journal_path, config.journal_keep_sec)
+        self._keys = itertools.count(1)
+        #: ACK receipt id -> the journal row of the run it settles.
+        self._acks: Dict[str, int] = {}
         self.stopping = False
         self._stop_deadline: Optional[float] = None
         self._next_heartbeat = 0.0
@@ -84,6 +88,7 @@ class Agent:
         while not self.run_once():
             pass
         self.transport.disconnect()
+        self.journal.close()
         logger.info("agent stopped")
         return 0
 
@@ -102,6 +107,9 @@ class Agent:
         hold = self.holding.deadline(self.runs)
         if hold is not None and now >= hold:
             self._release_held(now)
+        retry = self.outbox.next_retry()
+        if self.connected and retry is not None and now >= retry:
+            self.outbox.retry(now)
         if self.stopping and self._finished(now):
             return True
         wait = self._wait_time() if max_wait is None else min(max_wait, self._wait_time())
@@ -117,7 +125,7 @@ class Agent:
         now = time.monotonic()
         deadlines = [self._next_heartbeat if self.connected else self.link.next_connect]
         for deadline in (self.holding.next_admission, self.holding.deadline(self.runs), self._failback_due(),
-                         self._stop_deadline):
+                         self._stop_deadline, self.outbox.next_retry() if self.connected else None):
             if deadline is not None:
                 deadlines.append(deadline)
         return max(0.0, min(deadlines) - now)
@@ -140,6 +148,8 @@ class Agent:
             self._on_delivery(event)
         elif isinstance(event, Receipt):
             self._on_receipt(event)
+        elif isinstance(event, SendRefused):
+            self._on_refused(event)
         elif isinstance(event, Publish):
             self.outbox.send(event.destination, messages.encode(event.body))
             event.sent.set()
@@ -183,6 +193,7 @@ class Agent:
         if not self.link.lost(event):
             return
         self.subs.reset()
+        self._acks.clear()  # their runs stay "maybe not acked" in the journal
         for run in self.runs.in_state(RunState.WAITING):
             self._forget(run, "the broker takes it back")
 
@@ -194,6 +205,7 @@ class Agent:
             return
         self._next_heartbeat = time.monotonic() + self.config.heartbeat_interval_sec
         self.observer.heartbeat_sent()
+        self.journal.prune()
 
     def _on_stop(self, event: Stop) -> None:
         if self.stopping:
@@ -214,32 +226,43 @@ class Agent:
         if d.subscription == _FANOUT_SUB:
             self._on_cancel(d)
             return
-        if d.subscription != _CANCEL_SUB and not self.subs.take(d):
+        queue = self._queue_of(d)
+        if queue is None:
             return
-        run = self.runs.get(d.message_id) or self.runs.stale_twin(d)
+        ident = identity(queue, d.body)
+        run = self.runs.dead_twin(ident, d.epoch)
         if run is not None:
-            logger.info("redelivery of %s (%s) rejoins its %s job", d.message_id,
-                        run.work.label if run.work else "message", run.state.value)
+            logger.info("redelivery of %s (%s) rejoins its %s job", d.message_id, run.label, run.state.value)
             run.delivery = d
+            self._reconcile()
             return
-        run = Run(d.message_id, d)
+        row = self.journal.take_unacked(ident)
+        if row is not None:
+            logger.info("redelivery %s of a run whose outcome was confirmed: acknowledging", d.message_id)
+            self._ack(d, row)
+            self._reconcile()
+            return
+        run = Run("m%d" % next(self._keys), d, ident, self.journal.accepted(ident, None))
         self.runs.add(run)
-        if d.message_id in self.settled or (d.redelivered and twin_key(d) in self.settled):
-            logger.info("redelivery of settled message %s: acknowledging", d.message_id)
-            self._settle(run)
-            return
         if d.subscription == _CANCEL_SUB:
             self._fan_out_cancel(run)
             return
         if self.stopping:
             self._let_go(run, "stopping")
             return
-        self._accept(run)
+        self._accept(run, queue)
         self._admit()
 
-    def _accept(self, run: Run) -> None:
+    def _queue_of(self, d: Delivery) -> Optional[str]:
+        """The queue a run message came from, by its subscription; None: not ours any more."""
+        if d.subscription == _CANCEL_SUB:
+            return self.config.destination("reduction_cancel")
+        queue = self.subs.queue_of(d.subscription)
+        return queue if queue is not None and self.subs.take(d) else None
+
+    def _accept(self, run: Run, queue: str) -> None:
         d = run.delivery
-        processor = self.processors.get(d.destination)
+        processor = self.processors.get(queue)
         fields: Dict[str, Any] = {}
         try:
             fields = messages.decode_body(d.body, self.config.max_body_bytes)
@@ -247,9 +270,13 @@ class Agent:
                 raise InvalidMessage("No processor for destination %s" % d.destination)
             run.work = processor.accept(fields)
             run.processor = processor
-            cancel = self.cancels.take(run.work.payload) if processor.cancellable else None
+            if not processor.cancellable:
+                return
+            self.journal.set_ref(run.row, run_ref(run.work.payload))
+            cancel = self.cancels.take(run.work.payload)
             if cancel is not None:
                 logger.info("[%s] dropped on arrival: cancelled by %s", run.work.label, cancel.who)
+                self._announce_closed(cancel)
                 self._finish(run, processor.cancelled(run.work, cancel.who))
         except InvalidMessage as err:
             logger.error("rejected message %s on %s: %s", d.message_id, d.destination, err)
@@ -279,7 +306,7 @@ class Agent:
         if not self.connected:
             return
         let_go, free = self.holding.fit(self.runs, self.slots.running, self.stopping,
-                                        self.transport.returns_on_unsubscribe)
+                                        self.transport.returns_on_unsubscribe, self.transport.epoch)
         for run in let_go:
             self._let_go(run, "no free slot")
         self.subs.reconcile(free)
@@ -296,8 +323,9 @@ class Agent:
 
     def _forget(self, run: Run, why: str) -> None:
         """Drop a run that never started; the broker still has its message."""
-        logger.info("letting go of message %s (%s)", run.key, why)
+        logger.info("letting go of message %s (%s)", run.delivery.message_id, why)
         self.runs.pop(run.key)
+        self.journal.forget(run.row)
 
     def _release_held(self, now: float) -> None:
         """Runs that waited too long for a slot go back to the broker, for an idle agent."""
@@ -311,6 +339,7 @@ class Agent:
         self.slots.start(run.instrument, run.proposal)
         run.state = RunState.RUNNING
         run.started_at = time.monotonic()
+        self.journal.running(run.row)
         self.observer.job_started(run.processor.name)
         run.ctx = JobContext(self.config, self.hostname, run.work, self._publisher(), self.job_env,
                              job_logger)
@@ -355,22 +384,30 @@ class Agent:
         run.state = RunState.FINISHING
         logger.info("[%s] outcome -> %s", run.label, result.destination)
         self.outbox.send(result.destination, messages.encode(result.body),
-                         on_confirm=lambda: self._confirmed(run.key), headers=result.headers)
+                         on_confirm=lambda: self._confirmed(run.key, result.destination), headers=result.headers)
 
     def _on_receipt(self, event: Receipt) -> None:
+        row = self._acks.pop(event.receipt_id, None)
+        if row is not None:
+            self.journal.acked(row)
+            return
         pending = self.outbox.confirm(event)
         if pending is not None and pending.on_confirm is not None:
             pending.on_confirm()
 
-    def _confirmed(self, key: str) -> None:
-        """The outcome of ``key`` is safe at the broker: settle the message."""
-        self.settled[key] = None
+    def _on_refused(self, event: SendRefused) -> None:
+        """The broker refused a message and kept the connection: the outbox sends it again."""
+        if event.epoch != self.transport.epoch:
+            return
+        pending = self.outbox.refused(event)
+        if pending is not None:
+            self.observer.send_refused(pending.destination, event.reason)
+
+    def _confirmed(self, key: str, destination: str) -> None:
+        """The outcome of ``key`` is safe at the broker: journal it, then settle the message."""
         run = self.runs.get(key)
-        if run is not None and run.delivery.epoch != self.transport.epoch:
-            self.settled[twin_key(run.delivery)] = None
-        while len(self.settled) > _SETTLED_MEMORY:
-            del self.settled[next(iter(self.settled))]
         if run is not None:
+            self.journal.confirmed(run.row, destination)
             self._settle(run)
 
     def _settle(self, run: Run) -> None:
@@ -378,16 +415,22 @@ class Agent:
 
         The run is over either way, so its room goes back to the subscriptions even when
         the ack cannot be sent (its delivery died with an earlier connection, for example
-        on a broker the agent failed over from).
+        on a broker the agent failed over from); the journal answers its redelivery.
         """
         self.runs.pop(run.key)
-        try:
-            self.transport.ack(run.delivery)
-        except NotConnected:
-            logger.info("message %s will be redelivered after reconnect and acked then", run.key)
-        else:
-            self.subs.done(run.delivery)
+        self._ack(run.delivery, run.row)
         self._reconcile()
+
+    def _ack(self, d: Delivery, row: int) -> None:
+        """ACK with a receipt: until it comes, the journal keeps the run "maybe not acked"."""
+        receipt = "ack-%d" % next(self._keys)
+        try:
+            self.transport.ack(d, receipt=receipt)
+        except NotConnected:
+            logger.info("message %s will be redelivered and answered from the journal", d.message_id)
+            return
+        self._acks[receipt] = row
+        self.subs.done(d)
 
     # -- cancellation --------------------------------------------------------------------
     def _cancellable(self) -> bool:
@@ -406,9 +449,14 @@ class Agent:
 
     def _on_cancel(self, d: Delivery) -> None:
         try:
-            cancel = parse_cancel(messages.decode_body(d.body, self.config.max_body_bytes))
+            fields = messages.decode_body(d.body, self.config.max_body_bytes)
+            closed = fields.get("cancel") == "closed"
+            cancel = parse_cancel(dict(fields, cancel=True) if closed else fields)
         except InvalidMessage as err:
             logger.warning("ignored a malformed cancel: %s", err)
+            return
+        if closed:
+            self.cancels.discard(cancel)
             return
         targets = cancel_targets(cancel, self.runs)
         for run in targets:
@@ -420,11 +468,25 @@ class Agent:
                 self._finish(run, run.processor.cancelled(run.work, cancel.who))
         if targets:
             self.cancels.discard(cancel)
+            self._announce_closed(cancel)
             self._reconcile()
+        elif self.journal.settled_since(run_ref(cancel), time.time() - self.config.cancel_window_sec):
+            logger.info("cancel of %s %s by %s: that run finished here already", cancel.instrument,
+                        cancel.run_number, cancel.who)
+            self._announce_closed(cancel)
         else:
             self.cancels.add(cancel)
             logger.info("cancel of %s %s by %s: no such run here; it stands for %.0f s", cancel.instrument,
                         cancel.run_number, cancel.who, self.config.cancel_window_sec)
+
+    def _announce_closed(self, cancel: CancelRequest) -> None:
+        """Tell every agent that ``cancel`` met its run, so that it stands nowhere any more."""
+        try:
+            self.transport.send(self.config.cancel_fanout, messages.encode(closed_notice(cancel, self.hostname)),
+                                headers={"persistent": "false"})
+        except NotConnected:
+            logger.info("could not announce that the cancel of %s %s is done: not connected",
+                        cancel.instrument, cancel.run_number)
 
     # -- ping ----------------------------------------------------------------------------
     def _answer_ping(self, d: Delivery) -> None:

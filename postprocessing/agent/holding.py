@@ -46,9 +46,14 @@ class Holding:
         return [r for r in runs.in_state(RunState.WAITING)
                 if now - r.waiting_since >= self.config.max_wait_hold_sec]
 
-    def fit(self, runs: RunTable, running: int, stopping: bool,
-            returns_on_unsubscribe: bool) -> Tuple[List[Run], int]:
-        """The waiting runs to give back, and how many more runs to take (free subscriptions)."""
+    def fit(self, runs: RunTable, running: int, stopping: bool, returns_on_unsubscribe: bool,
+            epoch: int) -> Tuple[List[Run], int]:
+        """The waiting runs to give back, and how many more runs to take (free subscriptions).
+
+        Even a full agent takes as many as it runs whose messages went back to the broker
+        with a lost connection: their redeliveries must come back here, to rejoin their
+        jobs, not go to an idle agent that would run them a second time.
+        """
         max_procs = self.config.max_procs
         blocked = stopping or running >= max_procs or self.overloaded()
         waiting = runs.in_state(RunState.WAITING)
@@ -56,4 +61,5 @@ class Holding:
         let_go = waiting[keep:] if stopping or returns_on_unsubscribe else []
         finishing = sum(1 for r in runs.in_state(RunState.FINISHING) if r.ctx is not None)
         free = max_procs - max(running + finishing, len(waiting[:keep]))
-        return let_go, 0 if blocked else free
+        orphans = 0 if stopping else runs.orphans(epoch)
+        return let_go, max(0 if blocked else free, orphans)

@@ -3,17 +3,11 @@
 import collections
 import dataclasses
 import enum
-import hashlib
 import time
 from typing import Iterator, List, Optional
 
 from postprocessing.processors.base import JobContext, Processor, Work
 from postprocessing.transport import Delivery
-
-
-def twin_key(d: Delivery) -> str:
-    """Identifies a message by content, for brokers whose message ids change on redelivery."""
-    return "%s:%s" % (d.destination, hashlib.sha256(d.body).hexdigest())
 
 
 class RunState(enum.Enum):
@@ -31,6 +25,10 @@ class Run:
 
     key: str
     delivery: Delivery
+    #: The queue it came from (by its subscription) and its body: see journal.identity.
+    identity: str = ""
+    #: Its row in the run journal.
+    row: int = 0
     work: Optional[Work] = None
     processor: Optional[Processor] = None
     state: RunState = RunState.WAITING
@@ -78,16 +76,19 @@ class RunTable:
     def count(self, state: RunState) -> int:
         return sum(1 for r in self._runs.values() if r.state is state)
 
-    def stale_twin(self, d: Delivery) -> Optional[Run]:
-        """A run whose delivery died with an earlier connection and that ``d`` redelivers.
+    def dead_twin(self, ident: str, epoch: int) -> Optional[Run]:
+        """The run a delivery of ``ident`` on connection ``epoch`` redelivers, if any.
 
-        ActiveMQ keeps a message's id across redeliveries; RabbitMQ gives each delivery a new
-        one, so a redelivered message is matched by destination and body instead.
+        A run whose delivery died with an earlier connection, matched by queue and body:
+        ActiveMQ keeps a message's id across redeliveries, RabbitMQ and Artemis do not, and
+        ActiveMQ may mark a message delivered before its restart as not redelivered.
         """
-        if not d.redelivered:
-            return None
         for run in self._runs.values():
-            old = run.delivery
-            if old.epoch != d.epoch and old.destination == d.destination and old.body == d.body:
+            if run.identity == ident and run.delivery.epoch != epoch:
                 return run
         return None
+
+    def orphans(self, epoch: int) -> int:
+        """Runs still working (or waiting for their outcome's receipt) whose delivery died."""
+        return sum(1 for r in self._runs.values() if r.delivery.epoch != epoch and (
+            r.state is RunState.RUNNING or (r.state is RunState.FINISHING and r.ctx is not None)))
