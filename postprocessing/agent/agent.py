@@ -19,9 +19,11 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from postprocessing import messages
 from postprocessing.agent.cancels import CancelBook, CancelRequest, cancel_targets, closed_notice, parse_cancel, run_ref
+from postprocessing.agent.claims import Claim, Claims, lease_path
 from postprocessing.agent.events import JobDone, Publish, Stop
 from postprocessing.agent.heartbeat import heartbeat_body, ping_reply, reply_destination
 from postprocessing.agent.holding import Holding
+from postprocessing.agent.jobthread import job_logger, publisher, start_job
 from postprocessing.agent.journal import Journal, identity
 from postprocessing.agent.link import BrokerLink
 from postprocessing.agent.observer import Observer
@@ -29,19 +31,17 @@ from postprocessing.agent.outbox import Outbox
 from postprocessing.agent.runs import Run, RunState, RunTable
 from postprocessing.agent.subscriptions import Subscriptions
 from postprocessing.config import Config
-from postprocessing.errors import Cancelled, InvalidMessage, NotConnected, PostProcessingError
+from postprocessing.errors import InvalidMessage, NotConnected
 from postprocessing.jobs.slots import Slots
 from postprocessing.processors.base import JobContext, Outcome, Processor
+from postprocessing.safefiles import UnsafePath
 from postprocessing.transport import Delivery, Disconnected, Receipt, SendRefused, Sink, Transport
 
 logger = logging.getLogger(__name__)
-job_logger = logging.getLogger("postprocessing.jobs.run")
 
 _PING_SUB = "pp-ping"
 _CANCEL_SUB = "pp-cancel"
 _FANOUT_SUB = "pp-cancel-fanout"
-#: How long a job waits for the loop to take a message it publishes (the loop never blocks long).
-_PUBLISH_WAIT = 10.0
 
 
 class Agent:
@@ -64,6 +64,8 @@ class Agent:
         self.job_env = dict(job_env)
         self.runs = RunTable()
         self.journal = Journal(config.journal_path, config.journal_keep_sec)
+        self.claims = Claims(config, hostname, self.pid)
+        self._next_lease: Optional[float] = None
         self._keys = itertools.count(1)
         #: ACK receipt id -> the journal row of the run it settles.
         self._acks: Dict[str, int] = {}
@@ -107,6 +109,8 @@ class Agent:
         hold = self.holding.deadline(self.runs)
         if hold is not None and now >= hold:
             self._release_held(now)
+        if self._next_lease is not None and now >= self._next_lease:
+            self._leases()
         retry = self.outbox.next_retry()
         if self.connected and retry is not None and now >= retry:
             self.outbox.retry(now)
@@ -125,7 +129,8 @@ class Agent:
         now = time.monotonic()
         deadlines = [self._next_heartbeat if self.connected else self.link.next_connect]
         for deadline in (self.holding.next_admission, self.holding.deadline(self.runs), self._failback_due(),
-                         self._stop_deadline, self.outbox.next_retry() if self.connected else None):
+                         self._stop_deadline, self.outbox.next_retry() if self.connected else None,
+                         self._next_lease):
             if deadline is not None:
                 deadlines.append(deadline)
         return max(0.0, min(deadlines) - now)
@@ -194,7 +199,7 @@ class Agent:
             return
         self.subs.reset()
         self._acks.clear()  # their runs stay "maybe not acked" in the journal
-        for run in self.runs.in_state(RunState.WAITING):
+        for run in self.runs.in_state(RunState.WAITING) + self.runs.in_state(RunState.HELD):
             self._forget(run, "the broker takes it back")
 
     def _heartbeat(self) -> None:
@@ -297,7 +302,7 @@ class Agent:
         self.holding.next_admission = None
         if not self.holding.overloaded():
             for run in self.runs.in_state(RunState.WAITING):
-                if self.slots.can_start(run.instrument, run.proposal):
+                if self.slots.can_start(run.instrument, run.proposal) and self._claimed(run):
                     self._start(run)
         self._reconcile()
 
@@ -341,32 +346,70 @@ class Agent:
         run.started_at = time.monotonic()
         self.journal.running(run.row)
         self.observer.job_started(run.processor.name)
-        run.ctx = JobContext(self.config, self.hostname, run.work, self._publisher(), self.job_env,
+        run.ctx = JobContext(self.config, self.hostname, run.work, publisher(self.inbox), self.job_env,
                              job_logger)
         run.ctx.log.info("starting %s job", run.processor.name)
-        threading.Thread(target=self._job_main, args=(run.key, run.processor, run.ctx),
-                         name="job-%s" % run.work.label, daemon=True).start()
+        start_job(self.inbox, run.key, run.processor, run.ctx)
 
-    def _publisher(self) -> Callable[[str, Mapping[str, Any]], None]:
-        def publish(destination: str, body: Mapping[str, Any]) -> None:
-            sent = threading.Event()
-            self.inbox.put(Publish(destination, body, sent))
-            sent.wait(_PUBLISH_WAIT)
-        return publish
-
-    def _job_main(self, key: str, processor: Processor, ctx: JobContext) -> None:
-        """The job's own thread: run the processor to an outcome, whatever happens."""
+    # -- claims on the shared filesystem -------------------------------------------------
+    def _claimed(self, run: Run) -> bool:
+        """Claim a reduction before it runs; False when another agent runs it (the run is held)."""
+        assert run.work is not None and run.processor is not None
+        if run.claim is not None or not run.processor.cancellable or self.config.communication_only:
+            return True
+        path = lease_path(self.config, run.work.payload, run.processor.name)
+        if path is None:
+            return True
         try:
-            result = processor.run(ctx)
-        except Cancelled:
-            result = processor.cancelled(ctx.work, ctx.cancelled_by or "unknown")
-        except PostProcessingError as err:
-            ctx.log.error("job failed: %s", err)
-            result = processor.failed(ctx, str(err))
-        except Exception as err:  # a processor bug must still end the run with an outcome
-            ctx.log.exception("job failed unexpectedly")
-            result = processor.failed(ctx, "internal error: %s: %s" % (type(err).__name__, err))
-        self.inbox.put(JobDone(key, result))
+            got = self.claims.claim(path, run.identity)
+        except (OSError, UnsafePath) as err:
+            logger.warning("[%s] cannot claim %s (%s): running it unclaimed", run.label, path, err)
+            return True
+        if isinstance(got, Claim):
+            run.claim = got
+        else:
+            logger.info("[%s] held: %s pid %d runs it (%s)", run.label, got.host or "?", got.pid, path)
+            run.state, run.watch = RunState.HELD, got
+        if self._next_lease is None:
+            self._next_lease = time.monotonic() + self.config.lease_refresh_sec
+        return run.claim is not None
+
+    def _leases(self) -> None:
+        """Refresh our claims; settle or take over the runs we hold for other agents."""
+        self._next_lease = None
+        changed = False
+        for run in self.runs:
+            if run.claim is not None and run.state is RunState.RUNNING and not run.claim_lost:
+                if not self.claims.refresh(run.claim) and run.ctx is not None:
+                    run.claim_lost = True
+                    run.ctx.cancel("its claim was lost")
+            elif run.state is RunState.HELD and run.watch is not None:
+                changed = self._check_held(run) or changed
+        if changed:
+            self._admit()
+        if any(r.watch is not None or (r.claim is not None and r.state is RunState.RUNNING) for r in self.runs):
+            self._next_lease = time.monotonic() + self.config.lease_refresh_sec
+
+    def _check_held(self, run: Run) -> bool:
+        """A held run: settle it once its claimant's outcome is out; take it over if the claim died."""
+        assert run.watch is not None
+        state = self.claims.check(run.watch)
+        if state == "done":
+            done = self.claims.outcome(run.watch)
+            destination = str(done["destination"]) if done else ""
+            logger.info("[%s] %s answered it (%s): settling without running it", run.label, run.watch.host,
+                        destination or "outcome unreadable")
+            self.journal.confirmed(run.row, destination)
+            self._settle(run)
+            return False
+        if state == "live":
+            return False
+        logger.warning("[%s] the claim of %s pid %d is %s: taking the run over", run.label, run.watch.host,
+                       run.watch.pid, state)
+        if state == "stale":
+            self.claims.break_lease(run.watch)
+        run.state, run.watch, run.waiting_since = RunState.WAITING, None, time.monotonic()
+        return True
 
     def _on_job_done(self, event: JobDone) -> None:
         run = self.runs.get(event.key)
@@ -376,7 +419,10 @@ class Agent:
         if run.processor is not None and run.ctx is not None:
             self.observer.job_finished(run.processor.name, event.outcome.destination,
                                        time.monotonic() - run.started_at, run.ctx.kill_reason)
-        self._finish(run, event.outcome)
+        if run.claim_lost:
+            self._let_go(run, "another agent took its claim over; its outcome is that agent's to send")
+        else:
+            self._finish(run, event.outcome)
         self._admit()
 
     # -- outcomes and settlement ---------------------------------------------------------
@@ -384,7 +430,7 @@ class Agent:
         run.state = RunState.FINISHING
         logger.info("[%s] outcome -> %s", run.label, result.destination)
         self.outbox.send(result.destination, messages.encode(result.body),
-                         on_confirm=lambda: self._confirmed(run.key, result.destination), headers=result.headers)
+                         on_confirm=lambda: self._confirmed(run.key, result), headers=result.headers)
 
     def _on_receipt(self, event: Receipt) -> None:
         row = self._acks.pop(event.receipt_id, None)
@@ -403,11 +449,13 @@ class Agent:
         if pending is not None:
             self.observer.send_refused(pending.destination, event.reason)
 
-    def _confirmed(self, key: str, destination: str) -> None:
-        """The outcome of ``key`` is safe at the broker: journal it, then settle the message."""
+    def _confirmed(self, key: str, result: Outcome) -> None:
+        """The outcome of ``key`` is safe at the broker: journal it, release its claim, settle it."""
         run = self.runs.get(key)
         if run is not None:
-            self.journal.confirmed(run.row, destination)
+            self.journal.confirmed(run.row, result.destination)
+            if run.claim is not None:
+                self.claims.release(run.claim, result.destination, result.body)
             self._settle(run)
 
     def _settle(self, run: Run) -> None:

@@ -59,6 +59,8 @@ class Holding:
         waiting = runs.in_state(RunState.WAITING)
         keep = 0 if blocked else max_procs
         let_go = waiting[keep:] if stopping or returns_on_unsubscribe else []
+        if stopping:
+            let_go += runs.in_state(RunState.HELD)
         finishing = sum(1 for r in runs.in_state(RunState.FINISHING) if r.ctx is not None)
         free = max_procs - max(running + finishing, len(waiting[:keep]))
         orphans = 0 if stopping else runs.orphans(epoch)

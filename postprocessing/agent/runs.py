@@ -6,6 +6,7 @@ import enum
 import time
 from typing import Iterator, List, Optional
 
+from postprocessing.agent.claims import Claim, Watch
 from postprocessing.processors.base import JobContext, Processor, Work
 from postprocessing.transport import Delivery
 
@@ -13,6 +14,8 @@ from postprocessing.transport import Delivery
 class RunState(enum.Enum):
     #: Accepted, waiting for a slot (per instrument, per proposal, or admission).
     WAITING = "waiting"
+    #: Another agent's claim on the shared filesystem says it runs this run: held un-acked.
+    HELD = "held"
     #: Its job runs.
     RUNNING = "running"
     #: Its outcome is sent; the broker's receipt settles it.
@@ -34,6 +37,11 @@ class Run:
     state: RunState = RunState.WAITING
     ctx: Optional[JobContext] = None
     started_at: float = 0.0
+    #: Its lease, once claimed; or the lease of the agent that runs it (while HELD).
+    claim: Optional[Claim] = None
+    watch: Optional[Watch] = None
+    #: Another agent took the claim over while the job ran: its outcome is not ours to send.
+    claim_lost: bool = False
     waiting_since: float = dataclasses.field(default_factory=time.monotonic)
 
     @property
