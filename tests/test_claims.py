@@ -70,3 +70,16 @@ def test_no_claim_through_a_planted_link(tmp_path):
     os.symlink(str(target / "victim"), str(log_dir / "r.lease"))
     watch = claims("h", 1).claim(str(log_dir / "r.lease"), "q")
     assert isinstance(watch, Watch) and not (target / "victim").exists()
+
+
+def test_old_done_files_are_pruned_when_a_run_is_claimed(tmp_path):
+    old = tmp_path / "CNCS_4.nxs.h5.reduction.lease.n1.done"
+    new = tmp_path / "CNCS_5.nxs.h5.reduction.lease.n2.done"
+    other = tmp_path / "CNCS_4.nxs.h5.err"
+    for path in (old, new, other):
+        path.write_text("{}")
+    for path in (old, other):
+        os.utime(str(path), (1, 1))
+    got = Claims(Config(journal_keep_sec=3600), "h", 1).claim(str(tmp_path / "CNCS_6.nxs.h5.reduction.lease"), "q")
+    assert isinstance(got, Claim)
+    assert not old.exists() and new.exists() and other.exists()

@@ -179,3 +179,17 @@ def test_confirmed_run_whose_ack_was_lost_is_answered_from_the_journal(fresh_ids
     spin(again, lambda: transport.acked)
     settle_down(again)
     assert proc2.ran == [] and len(bodies(transport, "/queue/DONE")) == 1
+
+
+def test_refused_sends_are_counted_for_prometheus():
+    from postprocessing.agent.metrics import MetricsObserver
+
+    agent, transport, proc = make()
+    agent.observer = observer = MetricsObserver(agent.config)
+    proc.gate.set()
+    transport.refuse("/queue/DONE", 3, "security")
+    agent.run_once(0)
+    transport.publish(QUEUE, body(n="1"))
+    spin(agent, lambda: transport.acked)
+    assert observer.registry.get_sample_value("postprocessing_sends_refused_total",
+                                              {"destination": "/queue/DONE"}) == 3

@@ -19,12 +19,13 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from postprocessing import messages
 from postprocessing.agent.cancels import CancelBook, CancelRequest, cancel_targets, closed_notice, parse_cancel, run_ref
-from postprocessing.agent.claims import Claim, Claims, lease_path
+from postprocessing.agent.claims import Claims
 from postprocessing.agent.events import JobDone, Publish, Stop
 from postprocessing.agent.heartbeat import heartbeat_body, ping_reply, reply_destination
 from postprocessing.agent.holding import Holding
 from postprocessing.agent.jobthread import job_logger, publisher, start_job
 from postprocessing.agent.journal import Journal, identity
+from postprocessing.agent.leases import Leases
 from postprocessing.agent.link import BrokerLink
 from postprocessing.agent.observer import Observer
 from postprocessing.agent.outbox import Outbox
@@ -34,7 +35,6 @@ from postprocessing.config import Config
 from postprocessing.errors import InvalidMessage, NotConnected
 from postprocessing.jobs.slots import Slots
 from postprocessing.processors.base import JobContext, Outcome, Processor
-from postprocessing.safefiles import UnsafePath
 from postprocessing.transport import Delivery, Disconnected, Receipt, SendRefused, Sink, Transport
 
 logger = logging.getLogger(__name__)
@@ -64,8 +64,7 @@ class Agent:
         self.job_env = dict(job_env)
         self.runs = RunTable()
         self.journal = Journal(config.journal_path, config.journal_keep_sec)
-        self.claims = Claims(config, hostname, self.pid)
-        self._next_lease: Optional[float] = None
+        self.leases = Leases(config, Claims(config, hostname, self.pid))
         self._keys = itertools.count(1)
         #: ACK receipt id -> the journal row of the run it settles.
         self._acks: Dict[str, int] = {}
@@ -109,7 +108,7 @@ class Agent:
         hold = self.holding.deadline(self.runs)
         if hold is not None and now >= hold:
             self._release_held(now)
-        if self._next_lease is not None and now >= self._next_lease:
+        if self.leases.due is not None and now >= self.leases.due:
             self._leases()
         retry = self.outbox.next_retry()
         if self.connected and retry is not None and now >= retry:
@@ -130,7 +129,7 @@ class Agent:
         deadlines = [self._next_heartbeat if self.connected else self.link.next_connect]
         for deadline in (self.holding.next_admission, self.holding.deadline(self.runs), self._failback_due(),
                          self._stop_deadline, self.outbox.next_retry() if self.connected else None,
-                         self._next_lease):
+                         self.leases.due):
             if deadline is not None:
                 deadlines.append(deadline)
         return max(0.0, min(deadlines) - now)
@@ -302,7 +301,7 @@ class Agent:
         self.holding.next_admission = None
         if not self.holding.overloaded():
             for run in self.runs.in_state(RunState.WAITING):
-                if self.slots.can_start(run.instrument, run.proposal) and self._claimed(run):
+                if self.slots.can_start(run.instrument, run.proposal) and self.leases.claimed(run):
                     self._start(run)
         self._reconcile()
 
@@ -351,65 +350,14 @@ class Agent:
         run.ctx.log.info("starting %s job", run.processor.name)
         start_job(self.inbox, run.key, run.processor, run.ctx)
 
-    # -- claims on the shared filesystem -------------------------------------------------
-    def _claimed(self, run: Run) -> bool:
-        """Claim a reduction before it runs; False when another agent runs it (the run is held)."""
-        assert run.work is not None and run.processor is not None
-        if run.claim is not None or not run.processor.cancellable or self.config.communication_only:
-            return True
-        path = lease_path(self.config, run.work.payload, run.processor.name)
-        if path is None:
-            return True
-        try:
-            got = self.claims.claim(path, run.identity)
-        except (OSError, UnsafePath) as err:
-            logger.warning("[%s] cannot claim %s (%s): running it unclaimed", run.label, path, err)
-            return True
-        if isinstance(got, Claim):
-            run.claim = got
-        else:
-            logger.info("[%s] held: %s pid %d runs it (%s)", run.label, got.host or "?", got.pid, path)
-            run.state, run.watch = RunState.HELD, got
-        if self._next_lease is None:
-            self._next_lease = time.monotonic() + self.config.lease_refresh_sec
-        return run.claim is not None
-
     def _leases(self) -> None:
-        """Refresh our claims; settle or take over the runs we hold for other agents."""
-        self._next_lease = None
-        changed = False
-        for run in self.runs:
-            if run.claim is not None and run.state is RunState.RUNNING and not run.claim_lost:
-                if not self.claims.refresh(run.claim) and run.ctx is not None:
-                    run.claim_lost = True
-                    run.ctx.cancel("its claim was lost")
-            elif run.state is RunState.HELD and run.watch is not None:
-                changed = self._check_held(run) or changed
-        if changed:
-            self._admit()
-        if any(r.watch is not None or (r.claim is not None and r.state is RunState.RUNNING) for r in self.runs):
-            self._next_lease = time.monotonic() + self.config.lease_refresh_sec
-
-    def _check_held(self, run: Run) -> bool:
-        """A held run: settle it once its claimant's outcome is out; take it over if the claim died."""
-        assert run.watch is not None
-        state = self.claims.check(run.watch)
-        if state == "done":
-            done = self.claims.outcome(run.watch)
-            destination = str(done["destination"]) if done else ""
-            logger.info("[%s] %s answered it (%s): settling without running it", run.label, run.watch.host,
-                        destination or "outcome unreadable")
+        """Refresh our claims; settle the held runs their claimant answered, start the freed ones."""
+        answered, freed = self.leases.tick(self.runs)
+        for run, destination in answered:
             self.journal.confirmed(run.row, destination)
             self._settle(run)
-            return False
-        if state == "live":
-            return False
-        logger.warning("[%s] the claim of %s pid %d is %s: taking the run over", run.label, run.watch.host,
-                       run.watch.pid, state)
-        if state == "stale":
-            self.claims.break_lease(run.watch)
-        run.state, run.watch, run.waiting_since = RunState.WAITING, None, time.monotonic()
-        return True
+        if freed:
+            self._admit()
 
     def _on_job_done(self, event: JobDone) -> None:
         run = self.runs.get(event.key)
@@ -454,8 +402,7 @@ class Agent:
         run = self.runs.get(key)
         if run is not None:
             self.journal.confirmed(run.row, result.destination)
-            if run.claim is not None:
-                self.claims.release(run.claim, result.destination, result.body)
+            self.leases.release(run, result.destination, dict(result.body))
             self._settle(run)
 
     def _settle(self, run: Run) -> None:

@@ -40,6 +40,7 @@ from postprocessing.safefiles import UnsafePath, refuse_symlink
 logger = logging.getLogger(__name__)
 
 _MAX_LEASE_BYTES = 65536
+_PRUNE_EVERY = 3600.0
 
 
 @dataclasses.dataclass
@@ -79,6 +80,8 @@ class Claims:
         self.config = config
         self.host = hostname or socket.gethostname()
         self.pid = pid
+        #: directory -> when its old done files were last pruned (monotonic).
+        self._pruned: Dict[str, float] = {}
 
     # -- the claimant --------------------------------------------------------------------
     def claim(self, path: str, request: str) -> Union[Claim, Watch]:
@@ -210,11 +213,16 @@ class Claims:
         return not psutil.pid_exists(watch.pid)
 
     def _prune_done(self, path: str) -> None:
-        directory, name = os.path.split(path)
+        """Remove done files older than ``journal_keep_sec`` beside ``path``; once an hour per directory."""
+        directory = os.path.dirname(path)
+        now = time.monotonic()
+        if now - self._pruned.get(directory, -_PRUNE_EVERY) < _PRUNE_EVERY:
+            return
+        self._pruned[directory] = now
         cutoff = time.time() - self.config.journal_keep_sec
         try:
             for entry in os.scandir(directory):
-                if entry.name.startswith(name + ".") and entry.name.endswith(".done") \
+                if ".lease." in entry.name and entry.name.endswith(".done") \
                         and entry.stat(follow_symlinks=False).st_mtime < cutoff:
                     os.unlink(entry.path)
         except OSError as err:
