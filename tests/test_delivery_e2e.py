@@ -13,6 +13,9 @@ from typing import List, Tuple
 import psutil
 import pytest
 
+from tests.conftest import start_broker
+from tests.support.client import Collector
+
 pytestmark = pytest.mark.broker
 
 SLOW_SCRIPT = """
@@ -66,7 +69,7 @@ def test_redelivery_to_a_second_agent_waits_for_the_first_and_settles_from_its_o
     runner, other = (a, b) if "starting reduction job" in a.log() else (b, a)
     runner.proc.send_signal(signal.SIGSTOP)
     try:
-        other.wait_log("held:", timeout=20)
+        time.sleep(8)  # several STOMP heartbeat periods (2 s): the broker drops the frozen connection
     finally:
         runner.proc.send_signal(signal.SIGCONT)
     complete = client.wait(a.q("reduction_complete"), timeout=60)
@@ -76,6 +79,7 @@ def test_redelivery_to_a_second_agent_waits_for_the_first_and_settles_from_its_o
     assert len(runs) == 1, "the run executed %d times: %r" % (len(runs), runs)
     assert complete[0]["run_number"] == "70"
     assert "starting reduction job" not in other.log()
+    assert "held:" in other.log(), "the run never reached the second agent: nothing was tested"
     # Usually the holder settles it from the claimant's outcome; if the holder's own connection
     # dropped meanwhile, the message went back and the claimant's redelivery rejoined its job.
     assert "answered it" in other.log() or "rejoins its" in runner.log()
@@ -117,3 +121,36 @@ def test_a_repeated_request_after_the_first_finished_runs_again(make_agent, faci
     runs = executions(facility, "CNCS", "IPTS-9")
     assert len(runs) == 2
     assert_no_overlap(runs)
+
+
+@pytest.mark.activemq_only
+def test_broker_restart_with_two_busy_agents_and_an_idle_one_runs_each_request_once(
+        make_agent, facility, tmp_path):
+    """The issue's first failure: the idle agent took both requeued runs, which ran again."""
+    broker = start_broker(str(tmp_path / "broker"))
+    watcher = None
+    try:
+        facility.script("CNCS", SLOW_SCRIPT.replace("SECONDS", "8"))
+        agents = [make_agent(name, broker_port=broker.port, **CLAIMS).start() for name in ("a", "b", "c")]
+        q = agents[0].q
+        watcher = Collector(broker.port)
+        watcher.subscribe(q("reduction_complete"), q("reduction_error"))
+        for n in (1, 2):
+            watcher.send(q("reduction_data_ready"), facility.run("CNCS", "IPTS-%d" % n, n))
+        for n in (1, 2):
+            wait_started(facility, "CNCS", "IPTS-%d" % n)
+        broker.kill()
+        time.sleep(1.5)
+        broker.start()
+        watcher.reconnect()
+        watcher.wait(q("reduction_complete"), 2, timeout=90)
+        time.sleep(4)
+        complete = sorted(m["run_number"] for m in watcher.get(q("reduction_complete")))
+        assert complete == ["1", "2"] and not watcher.get(q("reduction_error")), complete
+        for n in (1, 2):
+            runs = executions(facility, "CNCS", "IPTS-%d" % n)
+            assert len(runs) == 1, "run %d executed %d times: %r" % (n, len(runs), runs)
+    finally:
+        if watcher is not None:
+            watcher.close()
+        broker.kill()
