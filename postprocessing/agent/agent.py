@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 _PING_SUB = "pp-ping"
 _CANCEL_SUB = "pp-cancel"
 _FANOUT_SUB = "pp-cancel-fanout"
+#: After a (re)connect, how long a full agent keeps subscriptions open for the redeliveries of
+#: the jobs it still runs (a broker hands returned messages out again at once).
+_REJOIN_WINDOW = 10.0
 
 
 class Agent:
@@ -70,6 +73,7 @@ class Agent:
         self._acks: Dict[str, int] = {}
         self.stopping = False
         self._stop_deadline: Optional[float] = None
+        self._rejoin_until: Optional[float] = None
         self._next_heartbeat = 0.0
         self._last_activity = time.monotonic()
 
@@ -108,6 +112,9 @@ class Agent:
         hold = self.holding.deadline(self.runs)
         if hold is not None and now >= hold:
             self._release_held(now)
+        if self._rejoin_until is not None and now >= self._rejoin_until:
+            self._rejoin_until = None
+            self._reconcile()
         if self.leases.due is not None and now >= self.leases.due:
             self._leases()
         retry = self.outbox.next_retry()
@@ -129,7 +136,7 @@ class Agent:
         deadlines = [self._next_heartbeat if self.connected else self.link.next_connect]
         for deadline in (self.holding.next_admission, self.holding.deadline(self.runs), self._failback_due(),
                          self._stop_deadline, self.outbox.next_retry() if self.connected else None,
-                         self.leases.due):
+                         self.leases.due, self._rejoin_until):
             if deadline is not None:
                 deadlines.append(deadline)
         return max(0.0, min(deadlines) - now)
@@ -177,6 +184,7 @@ class Agent:
                 self.transport.subscribe(self.config.cancel_fanout, _FANOUT_SUB, client_ack=False, prefetch=1)
         except NotConnected:
             return
+        self._rejoin_until = time.monotonic() + _REJOIN_WINDOW
         self._reconcile()
         self.outbox.resend()
         self._next_heartbeat = 0.0
@@ -309,8 +317,9 @@ class Agent:
         """Hold only what can run soon; keep one idle subscription per queue while there is room."""
         if not self.connected:
             return
+        rejoin = self.transport.epoch if self._rejoin_until is not None else None
         let_go, free = self.holding.fit(self.runs, self.slots.running, self.stopping,
-                                        self.transport.returns_on_unsubscribe, self.transport.epoch)
+                                        self.transport.returns_on_unsubscribe, rejoin)
         for run in let_go:
             self._let_go(run, "no free slot")
         self.subs.reconcile(free)

@@ -47,12 +47,13 @@ class Holding:
                 if now - r.waiting_since >= self.config.max_wait_hold_sec]
 
     def fit(self, runs: RunTable, running: int, stopping: bool, returns_on_unsubscribe: bool,
-            epoch: int) -> Tuple[List[Run], int]:
+            rejoin_epoch: Optional[int]) -> Tuple[List[Run], int]:
         """The waiting runs to give back, and how many more runs to take (free subscriptions).
 
-        Even a full agent takes as many as it runs whose messages went back to the broker
-        with a lost connection: their redeliveries must come back here, to rejoin their
-        jobs, not go to an idle agent that would run them a second time.
+        Shortly after a reconnect (``rejoin_epoch``: the new connection), even a full agent
+        takes as many as it runs whose messages went back to the broker with the lost
+        connection: their redeliveries should come back here and rejoin their jobs, not go
+        to an idle agent (which would hold them on their claim).
         """
         max_procs = self.config.max_procs
         blocked = stopping or running >= max_procs or self.overloaded()
@@ -63,5 +64,5 @@ class Holding:
             let_go += runs.in_state(RunState.HELD)
         finishing = sum(1 for r in runs.in_state(RunState.FINISHING) if r.ctx is not None)
         free = max_procs - max(running + finishing, len(waiting[:keep]))
-        orphans = 0 if stopping else runs.orphans(epoch)
+        orphans = 0 if stopping or rejoin_epoch is None else runs.orphans(rejoin_epoch)
         return let_go, max(0 if blocked else free, orphans)

@@ -54,7 +54,9 @@ class Journal:
                 os.makedirs(directory, mode=0o750, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            # NORMAL in WAL mode: every commit survives the agent's crash (kill -9), which is the
+            # failure the journal is for; a power cut may lose the last few (those runs rerun).
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as err:
             raise ConfigError("journal_path", "cannot open the run journal %s: %s" % (path, err)) from None
