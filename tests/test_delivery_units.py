@@ -193,3 +193,28 @@ def test_refused_sends_are_counted_for_prometheus():
     spin(agent, lambda: transport.acked)
     assert observer.registry.get_sample_value("postprocessing_sends_refused_total",
                                               {"destination": "/queue/DONE"}) == 3
+
+
+def test_a_cancel_closed_by_another_agent_stands_no_more():
+    """Another agent met the cancel's run and said so on the topic: a later request runs here."""
+    agent, transport, proc = make()
+    agent.run_once(0)
+    transport.topic("/topic/POSTPROCESSING.CANCEL", body(cancel=True, instrument="A", run_number="8"))
+    settle_down(agent)
+    transport.topic("/topic/POSTPROCESSING.CANCEL", body(cancel="closed", instrument="A", run_number="8"))
+    settle_down(agent)
+    transport.publish(QUEUE, body(n="8", inst="A", quick=True))
+    spin(agent, lambda: transport.acked)
+    assert proc.ran == ["8"] and not bodies(transport, "/queue/POSTPROCESS.ERROR")
+
+
+def test_a_cancel_that_meets_its_run_announces_it_is_closed():
+    agent, transport, proc = make()
+    agent.run_once(0)
+    transport.publish(QUEUE, body(n="4", inst="A"))
+    spin(agent, lambda: bodies(transport, "/queue/STARTED"))
+    transport.topic("/topic/POSTPROCESSING.CANCEL", body(cancel=True, instrument="A", run_number="4"))
+    spin(agent, lambda: bodies(transport, "/topic/POSTPROCESSING.CANCEL"))
+    assert bodies(transport, "/topic/POSTPROCESSING.CANCEL")[0]["cancel"] == "closed"
+    proc.gate.set()
+    spin(agent, lambda: transport.acked)
