@@ -175,6 +175,11 @@ class Config:
     dead_letter_queue: str = ""
     metrics_port: int = 0
     metrics_address: str = "0.0.0.0"
+    # delivery: the run journal and the claims on the shared filesystem (docs/delivery.md)
+    journal_path: str = "/var/lib/postprocessing/journal.sqlite3"
+    journal_keep_sec: float = 604800.0
+    lease_stale_sec: float = 60.0
+    lease_refresh_sec: float = 10.0
 
     # -- derived values --------------------------------------------------------
     def destination(self, name: str) -> str:
@@ -276,7 +281,7 @@ def _validate(cfg: Config) -> None:
     for key in ("failback_interval_sec", "data_retry_delay_sec", "data_retry_max", "cancel_window_sec",
                 "log_max_bytes", "log_backup_count", "jobs_per_instrument", "kill_grace_sec", "stomp_heartbeat_ms",
                 "admission_max_load_per_cpu", "admission_min_free_mem_perc", "shutdown_timeout_sec",
-                "script_backup_count"):
+                "script_backup_count", "journal_keep_sec"):
         if getattr(cfg, key) < 0:
             raise ConfigError(key, "must not be negative")
     if not 0 < cfg.system_mem_limit_perc <= 100:
@@ -308,6 +313,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("umask", "expected an octal umask such as \"027\"")
     if not 0 <= cfg.metrics_port < 65536:
         raise ConfigError("metrics_port", "must be a TCP port, or 0 for no metrics endpoint")
+    if not os.path.isabs(cfg.journal_path):
+        raise ConfigError("journal_path", "must be an absolute path")
+    if not 0 < cfg.lease_refresh_sec < cfg.lease_stale_sec:
+        raise ConfigError("lease_refresh_sec", "must be greater than 0 and less than lease_stale_sec")
     if not cfg.pid_file or not os.path.isabs(cfg.pid_file):
         raise ConfigError("pid_file", "must be an absolute path")
     for pattern in cfg.exceptions:

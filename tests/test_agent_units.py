@@ -1,65 +1,9 @@
 """The agent's loop on the in-memory transport: settlement, hoarding, disconnects, stops."""
 
 import json
-import threading
-import time
-from typing import Any, Dict, List
 
-from postprocessing.agent.agent import Agent
-from postprocessing.config import Config
-from postprocessing.errors import InvalidMessage
-from postprocessing.processors.base import JobContext, Outcome, Processor, Work
-from postprocessing.transport.memory import MemoryTransport
-
-QUEUE = "/queue/WORK"
-
-
-class Gate(Processor):
-    """A processor whose jobs wait for the test to open their gate."""
-
-    name = "gate"
-    queue_key = "reduction_data_ready"
-
-    def __init__(self, config: Config, hostname: str) -> None:
-        super().__init__(config, hostname)
-        self.gate = threading.Event()
-        self.ran: List[str] = []
-
-    def accept(self, data: Dict[str, Any]) -> Work:
-        if "n" not in data:
-            raise InvalidMessage("N is missing")
-        return Work(data, "run %s" % data["n"], data.get("inst"))
-
-    def run(self, ctx: JobContext) -> Outcome:
-        ctx.publish("/queue/STARTED", {"n": ctx.work.fields["n"]})
-        self.gate.wait(10)
-        self.ran.append(ctx.work.fields["n"])
-        return ctx.reply("/queue/DONE")
-
-
-def make(**overrides: Any):
-    cfg = Config(reduction_data_ready="WORK", admission_max_load_per_cpu=0, admission_min_free_mem_perc=0,
-                 heartbeat_interval_sec=60, reconnect_initial_sec=0.01, **overrides)
-    holder: Dict[str, MemoryTransport] = {}
-
-    def factory(sink):
-        holder["t"] = MemoryTransport(sink)
-        return holder["t"]
-
-    processor = Gate(cfg, "host")
-    agent = Agent(cfg, [processor], "host", factory, {})
-    return agent, holder["t"], processor
-
-
-def spin(agent: Agent, until, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, "condition not reached"
-        agent.run_once(max_wait=0.02)
-
-
-def bodies(transport: MemoryTransport, destination: str) -> List[Dict[str, Any]]:
-    return [json.loads(b) for b in transport.sent_to(destination)]
+from postprocessing.agent.runs import RunState
+from tests.support.memagent import QUEUE, bodies, make, spin
 
 
 def test_outcome_before_ack_and_ack_exactly_once():
@@ -120,8 +64,8 @@ def test_outcome_finished_while_disconnected_is_sent_after_reconnect():
     transport.refuse_connect = True
     agent.run_once(0.05)
     proc.gate.set()
-    spin(agent, lambda: agent.outbox and not agent.connected and not any(
-        r.state == "running" for r in agent.runs.values()))
+    spin(agent, lambda: agent.outbox and not agent.connected and not agent.runs.count(
+        RunState.RUNNING))
     assert not bodies(transport, "/queue/DONE"), "sent while disconnected?"
     transport.refuse_connect = False
     spin(agent, lambda: transport.acked)
@@ -157,7 +101,7 @@ def test_redelivery_with_a_new_message_id_rejoins_its_job():
     spin(agent, lambda: bodies(transport, "/queue/STARTED"))
     transport.drop_connection("consumer timeout")
     spin(agent, lambda: agent.connected and len(agent.runs) == 1 and any(
-        r.delivery.epoch == transport.epoch for r in agent.runs.values()))
+        r.delivery.epoch == transport.epoch for r in agent.runs))
     proc.gate.set()
     spin(agent, lambda: transport.acked)
     assert proc.ran == ["8"] and len(transport.acked) == 1

@@ -10,6 +10,7 @@ loop, and nothing is written outside the data root.
 """
 
 import concurrent.futures
+import itertools
 import json
 import logging
 import os
@@ -88,11 +89,15 @@ def quiet_agent_logs() -> Iterator[None]:
 
 
 # -- driving one agent -----------------------------------------------------------------
+_JOURNALS = itertools.count(1)
+
+
 def make_agent(tree: Tree, **overrides: Any) -> Tuple[Agent, MemoryTransport]:
     settings: Dict[str, Any] = dict(
         data_root=tree.root, admission_max_load_per_cpu=0, admission_min_free_mem_perc=0,
         heartbeat_interval_sec=3600, reconnect_initial_sec=0.01, max_procs=4, python_exec=sys.executable,
         job_nice=0, oncat_url="http://127.0.0.1:9",
+        journal_path=os.path.join(os.path.dirname(tree.root), "journal-%d.db" % next(_JOURNALS)),
         processors=("reduction", "reduction_himem", "oncat", "oncat_reduced", "create_script"))
     settings.update(overrides)
     cfg = Config(**settings)

@@ -64,6 +64,7 @@ def test_unit_settings():
     assert service["User"] == "autoreduce" and service["Group"] == "autoreduce"
     assert service["TimeoutStopSec"] == "75min", "must exceed the 60 min job limit plus the shutdown"
     assert service["Environment"] == "POSTPROCESSING_CONFIG=/etc/autoreduce/post_processing.conf"
+    assert service["StateDirectory"] == "postprocessing", "the journal_path default lives in /var/lib/postprocessing"
     assert read_unit(UNIT)["Install"]["WantedBy"] == "multi-user.target"
 
 
@@ -136,6 +137,7 @@ def test_rpm_is_noarch_and_lists_its_files(rpm_file):
     assert flags["/etc/autoreduce/post_processing.conf"] == ("cn", "-rw-r-----", "root:snsred")
     assert flags[LOGDIR] == ("", "drwxr-xr-x", "snsred:snsred")
     assert flags["/opt/postprocessing/scripts/mantidpython.py"][1] == "-rwxr-xr-x"
+    assert flags["/var/lib/postprocessing"] == ("", "drwxr-x---", "snsred:snsred"), "no room for the journal"
     assert flags["/usr/bin/postprocessing"][1] == "-rwxr-xr-x"
     requires = rpm_query("-qp", "--requires", rpm_file)
     assert "python3 >= 3.9" in requires and "python3dist(stomp-py) >= 8.1" in requires

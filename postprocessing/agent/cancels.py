@@ -8,8 +8,9 @@ run, and one for a run that has not arrived yet stands for ``cancel_window_sec``
 
 import dataclasses
 import time
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
+from postprocessing.agent.runs import Run, RunState, RunTable
 from postprocessing.errors import InvalidMessage
 from postprocessing.messages import RunRequest, plain_name, run_number
 
@@ -33,6 +34,20 @@ def parse_cancel(data: Mapping[str, Any]) -> CancelRequest:
     who = data.get("information")
     return CancelRequest(plain_name(data, "instrument", "Instrument"), run_number(data), ipts,
                          who if isinstance(who, str) and who else "unknown")
+
+
+def run_ref(request: Union[RunRequest, CancelRequest]) -> str:
+    """What a cancel names: the instrument and the run number."""
+    return "%s/%s" % (request.instrument, request.run_number)
+
+
+def closed_notice(cancel: CancelRequest, hostname: str) -> Dict[str, Any]:
+    """Published on the fan-out topic once a cancel met its run: it stands nowhere any more."""
+    body: Dict[str, Any] = {"cancel": "closed", "instrument": cancel.instrument,
+                            "run_number": cancel.run_number, "information": hostname}
+    if cancel.ipts is not None:
+        body["ipts"] = cancel.ipts
+    return body
 
 
 class CancelBook:
@@ -59,3 +74,10 @@ class CancelBook:
             return None
         del self._pending[(request.instrument, request.run_number)]
         return entry[0]
+
+
+def cancel_targets(cancel: CancelRequest, runs: RunTable) -> List[Run]:
+    """The runs ``cancel`` stops: cancellable ones, waiting or running, that it names."""
+    return [run for run in runs
+            if run.work is not None and run.processor is not None and run.processor.cancellable
+            and run.state in (RunState.WAITING, RunState.RUNNING) and cancel.matches(run.work.payload)]

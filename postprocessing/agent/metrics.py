@@ -63,6 +63,9 @@ class MetricsObserver(Observer):
                                          ["destination"], registry=self.registry)
         self.reconnects = Counter("postprocessing_broker_reconnects",
                                   "Broker connections made after the first one", registry=self.registry)
+        self.refused = Counter("postprocessing_sends_refused",
+                               "Messages the broker refused (they are sent again), by destination",
+                               ["destination"], registry=self.registry)
         self.heartbeat_age = Gauge("postprocessing_heartbeat_age_seconds",
                                    "Seconds since the last heartbeat went out (NaN before the first)",
                                    registry=self.registry)
@@ -121,6 +124,9 @@ class MetricsObserver(Observer):
 
     def rejected(self, destination: str) -> None:
         self.rejected_messages.labels(destination).inc()
+
+    def send_refused(self, destination: str, reason: str) -> None:
+        self.refused.labels(destination).inc()
 
     def reconnected(self) -> None:
         with self._lock:

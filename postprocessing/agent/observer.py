@@ -20,3 +20,6 @@ class Observer:
 
     def heartbeat_sent(self) -> None:
         """A heartbeat went out."""
+
+    def send_refused(self, destination: str, reason: str) -> None:
+        """The broker refused a message to ``destination``; it will be sent again."""

@@ -1,38 +1,25 @@
-"""What the agent's loop handles besides transport events, and its record of each held run."""
+"""The run table: every message the agent holds un-acked, from delivery to settlement."""
 
+import collections
 import dataclasses
-import hashlib
-import threading
+import enum
 import time
-from typing import Any, Mapping, Optional
+from typing import Iterator, List, Optional
 
-from postprocessing.processors.base import JobContext, Outcome, Processor, Work
+from postprocessing.agent.claims import Claim, Watch
+from postprocessing.processors.base import JobContext, Processor, Work
 from postprocessing.transport import Delivery
 
 
-def twin_key(d: Delivery) -> str:
-    """Identifies a message by content, for brokers whose message ids change on redelivery."""
-    return "%s:%s" % (d.destination, hashlib.sha256(d.body).hexdigest())
-
-
-@dataclasses.dataclass(frozen=True)
-class Publish:
-    """A job asks the loop to send a message (for example STARTED); ``sent`` is set once queued."""
-
-    destination: str
-    body: Mapping[str, Any]
-    sent: threading.Event
-
-
-@dataclasses.dataclass(frozen=True)
-class JobDone:
-    key: str
-    outcome: Outcome
-
-
-@dataclasses.dataclass(frozen=True)
-class Stop:
-    reason: str
+class RunState(enum.Enum):
+    #: Accepted, waiting for a slot (per instrument, per proposal, or admission).
+    WAITING = "waiting"
+    #: Another agent's claim on the shared filesystem says it runs this run: held un-acked.
+    HELD = "held"
+    #: Its job runs.
+    RUNNING = "running"
+    #: Its outcome is sent; the broker's receipt settles it.
+    FINISHING = "finishing"
 
 
 @dataclasses.dataclass
@@ -41,11 +28,20 @@ class Run:
 
     key: str
     delivery: Delivery
+    #: The queue it came from (by its subscription) and its body: see journal.identity.
+    identity: str = ""
+    #: Its row in the run journal.
+    row: int = 0
     work: Optional[Work] = None
     processor: Optional[Processor] = None
-    state: str = "waiting"  # waiting -> running -> finishing
+    state: RunState = RunState.WAITING
     ctx: Optional[JobContext] = None
     started_at: float = 0.0
+    #: Its lease, once claimed; or the lease of the agent that runs it (while HELD).
+    claim: Optional[Claim] = None
+    watch: Optional[Watch] = None
+    #: Another agent took the claim over while the job ran: its outcome is not ours to send.
+    claim_lost: bool = False
     waiting_since: float = dataclasses.field(default_factory=time.monotonic)
 
     @property
@@ -55,3 +51,52 @@ class Run:
     @property
     def proposal(self) -> Optional[str]:
         return self.work.proposal if self.work else None
+
+    @property
+    def label(self) -> str:
+        return self.work.label if self.work else self.key
+
+
+class RunTable:
+    """The held runs, oldest first, by key."""
+
+    def __init__(self) -> None:
+        self._runs: collections.OrderedDict[str, Run] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def __iter__(self) -> Iterator[Run]:
+        return iter(list(self._runs.values()))
+
+    def get(self, key: str) -> Optional[Run]:
+        return self._runs.get(key)
+
+    def add(self, run: Run) -> None:
+        self._runs[run.key] = run
+
+    def pop(self, key: str) -> Optional[Run]:
+        return self._runs.pop(key, None)
+
+    def in_state(self, state: RunState) -> List[Run]:
+        return [r for r in self._runs.values() if r.state is state]
+
+    def count(self, state: RunState) -> int:
+        return sum(1 for r in self._runs.values() if r.state is state)
+
+    def dead_twin(self, ident: str, epoch: int) -> Optional[Run]:
+        """The run a delivery of ``ident`` on connection ``epoch`` redelivers, if any.
+
+        A run whose delivery died with an earlier connection, matched by queue and body:
+        ActiveMQ keeps a message's id across redeliveries, RabbitMQ and Artemis do not, and
+        ActiveMQ may mark a message delivered before its restart as not redelivered.
+        """
+        for run in self._runs.values():
+            if run.identity == ident and run.delivery.epoch != epoch:
+                return run
+        return None
+
+    def orphans(self, epoch: int) -> int:
+        """Runs still working (or waiting for their outcome's receipt) whose delivery died."""
+        return sum(1 for r in self._runs.values() if r.delivery.epoch != epoch and (
+            r.state is RunState.RUNNING or (r.state is RunState.FINISHING and r.ctx is not None)))

@@ -18,7 +18,7 @@ agent stops goes back when it disconnects.
 
 import itertools
 import logging
-from typing import Dict, Sequence, Set, Tuple
+from typing import Dict, Optional, Sequence, Set, Tuple
 
 from postprocessing.errors import NotConnected
 from postprocessing.transport import Delivery, Transport
@@ -42,6 +42,14 @@ class Subscriptions:
     def reset(self) -> None:
         """The connection is gone, and every subscription with it."""
         self._subs.clear()
+
+    def queue_of(self, sub_id: str) -> Optional[str]:
+        """The queue an input subscription of this connection is on (None: not ours any more).
+
+        Deliveries are routed by this, not by their ``destination`` header, which a broker
+        may spell differently (Artemis drops the ``/queue/`` prefix)."""
+        entry = self._subs.get(sub_id)
+        return entry[0] if entry is not None else None
 
     def take(self, delivery: Delivery) -> bool:
         """Record a delivery on one of our subscriptions; False if it is not ours any more."""

@@ -89,8 +89,10 @@ class Transport(Protocol):
              headers: Optional[Mapping[str, str]] = None) -> None:
         """Send a persistent message; raises NotConnected when there is no connection."""
 
-    def ack(self, delivery: Delivery) -> None:
-        """Settle a delivery of the current connection; raises NotConnected otherwise."""
+    def ack(self, delivery: Delivery, receipt: Optional[str] = None) -> None:
+        """Settle a delivery of the current connection; raises NotConnected otherwise.
+
+        With ``receipt`` the broker confirms the ACK with a :class:`Receipt`."""
 
     def release(self, delivery: Delivery) -> None:
         """Give an un-acked delivery back to the broker (before its subscription is dropped)."""

@@ -11,7 +11,7 @@ import itertools
 from typing import Deque, Dict, List, Mapping, Optional, Tuple
 
 from postprocessing.errors import NotConnected
-from postprocessing.transport import Delivery, Disconnected, Receipt, Sink
+from postprocessing.transport import Delivery, Disconnected, Receipt, SendRefused, Sink
 
 _Message = Tuple[str, bytes, Dict[str, str]]
 
@@ -36,6 +36,12 @@ class MemoryTransport:
         self.kind = "activemq"
         #: Set by tests: the connection is to a backup and the primary is back.
         self.primary_back = False
+        #: Like Artemis: deliveries name their queue without the ``/queue/`` prefix.
+        self.bare_destinations = False
+        #: Like a connection that dies right after an ACK left: the broker never gets it.
+        self.lose_acks = False
+        #: destination -> (how many more sends to refuse, why): see :meth:`refuse`.
+        self._refusals: Dict[str, Tuple[int, str]] = {}
 
     # -- the Transport interface ---------------------------------------------------
     def connect(self) -> None:
@@ -64,6 +70,11 @@ class MemoryTransport:
     def send(self, destination: str, body: bytes, receipt: Optional[str] = None,
              headers: Optional[Mapping[str, str]] = None) -> None:
         self._check()
+        times, reason = self._refusals.get(destination, (0, ""))
+        if times and receipt is not None:
+            self._refusals[destination] = (times - 1, reason)
+            self._sink(SendRefused(receipt, self.epoch, reason))
+            return
         frame_headers = {"persistent": "true", **(headers or {})}
         self.sent.append((destination, body, frame_headers))
         if not destination.startswith("/topic/"):
@@ -71,14 +82,18 @@ class MemoryTransport:
         if receipt is not None:
             self._sink(Receipt(receipt, self.epoch))
 
-    def ack(self, delivery: Delivery) -> None:
+    def ack(self, delivery: Delivery, receipt: Optional[str] = None) -> None:
         self._check()
         if delivery.epoch != self.epoch:
             raise NotConnected("delivery belongs to an earlier connection")
+        if self.lose_acks:
+            return
         held = self._held[delivery.subscription]
         if held.pop(delivery.message_id, None) is None:
             raise NotConnected("unknown delivery %s" % delivery.message_id)
         self.acked.append(delivery.message_id)
+        if receipt is not None:
+            self._sink(Receipt(receipt, self.epoch))
         self._pump(self.subscriptions[delivery.subscription][0])
 
     def release(self, delivery: Delivery) -> None:
@@ -89,6 +104,16 @@ class MemoryTransport:
             self.drop_connection("disconnect")
 
     # -- test controls -----------------------------------------------------------------
+    def refuse(self, destination: str, times: int, reason: str = "refused") -> None:
+        """Refuse the next ``times`` sends with a receipt to ``destination`` (an ERROR frame)."""
+        self._refusals[destination] = (times, reason)
+
+    def attach(self, sink: Sink) -> None:
+        """Hand the broker to a new client (an agent restarted on the same broker)."""
+        if self.connected:
+            self.drop_connection("client restarted")
+        self._sink = sink
+
     def publish(self, destination: str, body: bytes, headers: Optional[Dict[str, str]] = None) -> str:
         """Put a message on a queue (as another client would) and deliver if possible."""
         message_id = "ID:memory-%d" % next(self._ids)
@@ -140,6 +165,8 @@ class MemoryTransport:
         if client:
             self._held[sub_id][message_id] = message
         destination = self.subscriptions[sub_id][0]
+        if self.bare_destinations and destination.startswith("/queue/"):
+            destination = destination[len("/queue/"):]
         delivery_id = "%s/%d" % (message_id, next(self._ids)) if self.fresh_ids else message_id
         if client:
             del self._held[sub_id][message_id]

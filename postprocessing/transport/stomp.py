@@ -242,11 +242,11 @@ class StompTransport:
         except StompException as err:
             raise NotConnected(str(err)) from None
 
-    def ack(self, delivery: Delivery) -> None:
+    def ack(self, delivery: Delivery, receipt: Optional[str] = None) -> None:
         if delivery.epoch != self.epoch:
             raise NotConnected("delivery belongs to an earlier connection")
         try:
-            self._live().ack(delivery.ack_id)
+            self._live().ack(delivery.ack_id, receipt=receipt)
         except StompException as err:
             raise NotConnected(str(err)) from None
 

@@ -35,6 +35,7 @@ class AgentProcess:
         self.workdir = workdir
         self.config = dict(config)
         self.config.setdefault("log_file", os.path.join(workdir, "%s.log" % name))
+        self.config.setdefault("journal_path", os.path.join(workdir, "%s.journal" % name))
         self.config_path = os.path.join(workdir, "%s.conf" % name)
         self.stderr_path = os.path.join(workdir, "%s.stderr" % name)
         self.proc: Optional[subprocess.Popen[bytes]] = None

@@ -1,0 +1,258 @@
+"""Claims on the shared filesystem: which agent, on which host, runs a reduction now.
+
+A claim is a lease file in the run's ``reduction_log/`` directory (see layout.py), named
+after the data file and the processor: ``<data file>.<processor>.lease``.  It is created
+with ``O_CREAT | O_EXCL`` (atomic on NFS v3 and later; no flock, which NFS does not share
+across hosts), and holds the claimant's host, pid, a nonce and the request's identity.
+Its heartbeat is its modification time, which the claimant moves every
+``lease_refresh_sec`` while the job runs.
+
+Staleness is judged by the waiting agent with its own monotonic clock: a lease whose
+modification time has not changed for ``lease_stale_sec`` while it watched is stale, so
+clocks need not agree between hosts.  A lease of a dead process on this same host is
+stale at once.
+
+When the claimant's outcome is confirmed by the broker it writes ``<lease>.<nonce>.done``
+(the outcome's destination and body), then removes the lease.  An agent that holds a
+redelivery of the run settles it from that file, without running it again.
+
+Writes never follow a planted symbolic link: the lease and done files are created with
+``O_EXCL | O_NOFOLLOW``, and the directory itself must not be a link.
+"""
+
+import dataclasses
+import errno
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any, Dict, Mapping, Optional, Union
+
+import psutil
+
+from postprocessing import layout
+from postprocessing.config import Config
+from postprocessing.messages import RunRequest
+from postprocessing.safefiles import UnsafePath, refuse_symlink
+
+logger = logging.getLogger(__name__)
+
+_MAX_LEASE_BYTES = 65536
+_PRUNE_EVERY = 3600.0
+
+
+@dataclasses.dataclass
+class Claim:
+    """A lease this agent holds."""
+
+    path: str
+    nonce: str
+    #: When the heartbeat last moved (monotonic).
+    refreshed: float
+
+
+@dataclasses.dataclass
+class Watch:
+    """A lease held by someone else, as this agent has seen it."""
+
+    path: str
+    host: str
+    pid: int
+    nonce: str
+    mtime: float
+    #: Since when (monotonic) the lease has looked like this.
+    since: float
+
+
+def lease_path(config: Config, payload: Any, processor: str) -> Optional[str]:
+    """Where the claim of a run lives; None for work that is not a run's reduction."""
+    if not isinstance(payload, RunRequest):
+        return None
+    out_dir = layout.output_dir(config, payload.facility, payload.instrument, payload.ipts)
+    base = os.path.basename(payload.data_file)
+    return os.path.join(out_dir, "reduction_log", "%s.%s.lease" % (base, processor))
+
+
+class Claims:
+    def __init__(self, config: Config, hostname: str, pid: int) -> None:
+        self.config = config
+        self.host = hostname or socket.gethostname()
+        self.pid = pid
+        #: directory -> when its old done files were last pruned (monotonic).
+        self._pruned: Dict[str, float] = {}
+
+    # -- the claimant --------------------------------------------------------------------
+    def claim(self, path: str, request: str) -> Union[Claim, Watch]:
+        """Claim ``path`` for ``request``; a Watch of the current claimant if another holds it.
+
+        Raises OSError (or UnsafePath) when the directory cannot be used."""
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        refuse_symlink(directory)
+        nonce = uuid.uuid4().hex
+        body = json.dumps({"host": self.host, "pid": self.pid, "nonce": nonce, "request": request,
+                           "since": time.time()}).encode()
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644)
+            except FileExistsError:
+                watch = self.look(path)
+                if watch is None:
+                    continue  # it went away meanwhile: try again
+                if not self._dead_here(watch):
+                    return watch
+                logger.info("claim %s: its claimant (pid %d on this host) is dead; taking over", path, watch.pid)
+                self.break_lease(watch)
+                continue
+            try:
+                os.write(fd, body)
+            finally:
+                os.close(fd)
+            self._prune_done(path)
+            return Claim(path, nonce, time.monotonic())
+        watch = self.look(path)
+        if watch is None:
+            raise OSError(errno.EAGAIN, "lease keeps changing", path)
+        return watch
+
+    def refresh(self, claim: Claim) -> bool:
+        """Move the heartbeat; False once the claim is lost (taken over, or unreachable too long)."""
+        now = time.monotonic()
+        try:
+            current = self._read(claim.path)
+            if current is None or current.get("nonce") != claim.nonce:
+                logger.warning("claim %s was taken over by %s", claim.path, _who(current))
+                return False
+            os.utime(claim.path, follow_symlinks=False)
+        except OSError as err:
+            if now - claim.refreshed > self.config.lease_stale_sec - self.config.lease_refresh_sec:
+                logger.warning("claim %s could not be refreshed for %.0f s (%s): giving it up", claim.path,
+                               now - claim.refreshed, err)
+                return False
+            logger.info("claim %s not refreshed (%s); trying again", claim.path, err)
+            return True
+        claim.refreshed = now
+        return True
+
+    def release(self, claim: Claim, destination: Optional[str], body: Optional[Mapping[str, Any]]) -> None:
+        """The run is over: leave its confirmed outcome for whoever holds it (if any), drop the lease."""
+        try:
+            if destination is not None:
+                done = json.dumps({"destination": destination, "body": body, "host": self.host}).encode()
+                fd = os.open(self.done_path(claim.path, claim.nonce),
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644)
+                try:
+                    os.write(fd, done)
+                finally:
+                    os.close(fd)
+            current = self._read(claim.path)
+            if current is not None and current.get("nonce") == claim.nonce:
+                os.unlink(claim.path)
+        except (OSError, UnsafePath) as err:
+            logger.warning("could not release claim %s: %s", claim.path, err)
+
+    # -- the holder ----------------------------------------------------------------------
+    def look(self, path: str) -> Optional[Watch]:
+        """The lease at ``path`` as it is now; None if there is none."""
+        try:
+            mtime = os.stat(path, follow_symlinks=False).st_mtime
+            data = self._read(path)
+        except FileNotFoundError:
+            return None
+        data = data or {}
+        pid = data.get("pid")
+        return Watch(path, str(data.get("host", "")), pid if isinstance(pid, int) else 0,
+                     str(data.get("nonce", "")), mtime, time.monotonic())
+
+    def check(self, watch: Watch) -> str:
+        """What became of a watched lease: "done", "live", "stale" or "gone"."""
+        if os.path.exists(self.done_path(watch.path, watch.nonce)):
+            return "done"
+        current = self.look(watch.path)
+        if current is None:
+            return "done" if os.path.exists(self.done_path(watch.path, watch.nonce)) else "gone"
+        if current.nonce != watch.nonce or current.mtime != watch.mtime:
+            watch.nonce, watch.mtime, watch.since = current.nonce, current.mtime, current.since
+            watch.host, watch.pid = current.host, current.pid
+            return "live"
+        if self._dead_here(watch) or time.monotonic() - watch.since >= self.config.lease_stale_sec:
+            return "stale"
+        return "live"
+
+    def outcome(self, watch: Watch) -> Optional[Dict[str, Any]]:
+        """The confirmed outcome the claimant left: {"destination", "body"}."""
+        data = self._read(self.done_path(watch.path, watch.nonce))
+        return data if data and isinstance(data.get("destination"), str) else None
+
+    def break_lease(self, watch: Watch) -> None:
+        """Remove a stale lease, unless it changed meanwhile (then it is left alone)."""
+        aside = "%s.stale-%s" % (watch.path, uuid.uuid4().hex)
+        try:
+            os.rename(watch.path, aside)
+        except FileNotFoundError:
+            return
+        moved = self._read(aside)
+        if moved is not None and moved.get("nonce") != watch.nonce:
+            try:
+                os.link(aside, watch.path)  # a fresh lease: put it back, never over a newer one
+            except OSError as err:
+                logger.warning("lease %s changed while it was taken over: %s", watch.path, err)
+        os.unlink(aside)
+
+    @staticmethod
+    def done_path(path: str, nonce: str) -> str:
+        return "%s.%s.done" % (path, nonce)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _dead_here(self, watch: Watch) -> bool:
+        """Whether the lease belongs to a process of this host that is gone."""
+        if watch.host != self.host or watch.pid <= 0 or watch.pid == self.pid:
+            return False
+        return not psutil.pid_exists(watch.pid)
+
+    def _prune_done(self, path: str) -> None:
+        """Remove done files older than ``journal_keep_sec`` beside ``path``; once an hour per directory."""
+        directory = os.path.dirname(path)
+        now = time.monotonic()
+        if now - self._pruned.get(directory, -_PRUNE_EVERY) < _PRUNE_EVERY:
+            return
+        self._pruned[directory] = now
+        cutoff = time.time() - self.config.journal_keep_sec
+        try:
+            for entry in os.scandir(directory):
+                if ".lease." in entry.name and entry.name.endswith(".done") \
+                        and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+        except OSError as err:
+            logger.debug("pruning done files beside %s: %s", path, err)
+
+    @staticmethod
+    def _read(path: str) -> Optional[Dict[str, Any]]:
+        """A small JSON file, not through a link; None if it is missing or unreadable."""
+        try:
+            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                return None
+            raise
+        try:
+            raw = os.read(fd, _MAX_LEASE_BYTES)
+        finally:
+            os.close(fd)
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+
+def _who(data: Optional[Mapping[str, Any]]) -> str:
+    return "%s pid %s" % (data.get("host"), data.get("pid")) if data else "nobody"
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)

@@ -1,0 +1,68 @@
+"""Holding and admission: which runs the agent keeps waiting, and how many more it takes.
+
+Runs wait here only for a per-instrument slot, and at most ``max_procs`` of them.  When
+every slot is busy, the node is overloaded or the agent is stopping, waiting runs go back
+to the broker, where an idle agent can take them.  (On RabbitMQ they stay until they
+have waited ``max_wait_hold_sec`` or the agent stops: see subscriptions.py.)
+"""
+
+import logging
+import time
+from typing import List, Optional, Tuple
+
+from postprocessing.agent.runs import Run, RunState, RunTable
+from postprocessing.config import Config
+from postprocessing.jobs.limits import Admission
+
+logger = logging.getLogger(__name__)
+
+
+class Holding:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.admission = Admission(config.admission_max_load_per_cpu, config.admission_min_free_mem_perc)
+        #: When to look at the node's load again, while it is overloaded.
+        self.next_admission: Optional[float] = None
+        self._overload_reason: Optional[str] = None
+
+    def overloaded(self) -> bool:
+        reason = self.admission.overloaded()
+        if reason is None:
+            self._overload_reason = None
+            return False
+        if reason != self._overload_reason:
+            logger.info("node overloaded (%s): no job starts until it is not", reason)
+        self._overload_reason = reason
+        if self.next_admission is None:
+            self.next_admission = time.monotonic() + self.config.admission_check_interval_sec
+        return True
+
+    def deadline(self, runs: RunTable) -> Optional[float]:
+        """When the longest-waiting run has waited ``max_wait_hold_sec``."""
+        waiting = [r.waiting_since for r in runs.in_state(RunState.WAITING)]
+        return min(waiting) + self.config.max_wait_hold_sec if waiting else None
+
+    def overdue(self, runs: RunTable, now: float) -> List[Run]:
+        return [r for r in runs.in_state(RunState.WAITING)
+                if now - r.waiting_since >= self.config.max_wait_hold_sec]
+
+    def fit(self, runs: RunTable, running: int, stopping: bool, returns_on_unsubscribe: bool,
+            rejoin_epoch: Optional[int]) -> Tuple[List[Run], int]:
+        """The waiting runs to give back, and how many more runs to take (free subscriptions).
+
+        Shortly after a reconnect (``rejoin_epoch``: the new connection), even a full agent
+        takes as many as it runs whose messages went back to the broker with the lost
+        connection: their redeliveries should come back here and rejoin their jobs, not go
+        to an idle agent (which would hold them on their claim).
+        """
+        max_procs = self.config.max_procs
+        blocked = stopping or running >= max_procs or self.overloaded()
+        waiting = runs.in_state(RunState.WAITING)
+        keep = 0 if blocked else max_procs
+        let_go = waiting[keep:] if stopping or returns_on_unsubscribe else []
+        if stopping:
+            let_go += runs.in_state(RunState.HELD)
+        finishing = sum(1 for r in runs.in_state(RunState.FINISHING) if r.ctx is not None)
+        free = max_procs - max(running + finishing, len(waiting[:keep]))
+        orphans = 0 if stopping or rejoin_epoch is None else runs.orphans(rejoin_epoch)
+        return let_go, max(0 if blocked else free, orphans)

@@ -1,0 +1,90 @@
+"""The agent's side of the claims: claim a run before it starts, keep the claims fresh, and
+watch the runs held for another agent until they are answered or their claim dies.
+
+It changes runs' states; the loop (agent.py) settles and starts them.
+"""
+
+import logging
+import time
+from typing import List, Optional, Tuple
+
+from postprocessing.agent.claims import Claim, Claims, lease_path
+from postprocessing.agent.runs import Run, RunState, RunTable
+from postprocessing.config import Config
+from postprocessing.safefiles import UnsafePath
+
+logger = logging.getLogger(__name__)
+
+
+class Leases:
+    def __init__(self, config: Config, claims: Claims) -> None:
+        self.config = config
+        self.claims = claims
+        #: When to refresh claims and look at held runs again.
+        self.due: Optional[float] = None
+
+    def claimed(self, run: Run) -> bool:
+        """Claim a reduction before it runs; False when another agent runs it (the run is then HELD)."""
+        assert run.work is not None and run.processor is not None
+        if run.claim is not None or not run.processor.cancellable or self.config.communication_only:
+            return True
+        path = lease_path(self.config, run.work.payload, run.processor.name)
+        if path is None:
+            return True
+        try:
+            got = self.claims.claim(path, run.identity)
+        except (OSError, UnsafePath) as err:
+            logger.warning("[%s] cannot claim %s (%s): running it unclaimed", run.label, path, err)
+            return True
+        if isinstance(got, Claim):
+            run.claim = got
+        else:
+            logger.info("[%s] held: %s pid %d runs it (%s)", run.label, got.host or "?", got.pid, path)
+            run.state, run.watch = RunState.HELD, got
+        if self.due is None:
+            self.due = time.monotonic() + self.config.lease_refresh_sec
+        return run.claim is not None
+
+    def tick(self, runs: RunTable) -> Tuple[List[Tuple[Run, str]], bool]:
+        """Refresh our claims and look at held runs.
+
+        Returns the held runs their claimant answered (with the outcome's destination), to
+        settle, and whether a held run is free to run here now (back to WAITING)."""
+        self.due = None
+        answered: List[Tuple[Run, str]] = []
+        freed = False
+        for run in runs:
+            if run.claim is not None and run.state is RunState.RUNNING and not run.claim_lost:
+                if not self.claims.refresh(run.claim) and run.ctx is not None:
+                    run.claim_lost = True
+                    run.ctx.cancel("its claim was lost")
+            elif run.state is RunState.HELD and run.watch is not None:
+                destination = self._look(run)
+                if destination is not None:
+                    answered.append((run, destination))
+                freed = freed or run.state is RunState.WAITING
+        if any(r.watch is not None or (r.claim is not None and r.state is RunState.RUNNING) for r in runs):
+            self.due = time.monotonic() + self.config.lease_refresh_sec
+        return answered, freed
+
+    def release(self, run: Run, destination: str, body: object) -> None:
+        if run.claim is not None:
+            self.claims.release(run.claim, destination, body if isinstance(body, dict) else None)
+
+    def _look(self, run: Run) -> Optional[str]:
+        """A held run: the destination of its claimant's outcome once out; or free it if the claim died."""
+        assert run.watch is not None
+        state = self.claims.check(run.watch)
+        if state == "done":
+            done = self.claims.outcome(run.watch)
+            destination = str(done["destination"]) if done else ""
+            logger.info("[%s] %s answered it (%s): settling without running it", run.label, run.watch.host,
+                        destination or "outcome unreadable")
+            return destination
+        if state != "live":
+            logger.warning("[%s] the claim of %s pid %d is %s: taking the run over", run.label,
+                           run.watch.host, run.watch.pid, state)
+            if state == "stale":
+                self.claims.break_lease(run.watch)
+            run.state, run.watch, run.waiting_since = RunState.WAITING, None, time.monotonic()
+        return None

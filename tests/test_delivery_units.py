@@ -1,0 +1,220 @@
+"""The delivery promise on the in-memory transport (issue 10): each test reproduces one failure.
+
+Redelivery tests run twice: with stable message ids (ActiveMQ Classic) and with a new id
+for every delivery (RabbitMQ, Artemis).
+"""
+
+from typing import Any, List
+
+import pytest
+
+from postprocessing.agent.observer import Observer
+from postprocessing.agent.runs import RunState
+from tests.support.memagent import QUEUE, bodies, body, make, settle_down, spin
+
+IDS = pytest.mark.parametrize("fresh_ids", [False, True], ids=["stable-ids", "fresh-ids"])
+
+
+def test_busy_agent_takes_work_into_free_slots_after_a_reconnect():
+    """Promise 7: one long job of 3 slots, broker restart; two new runs must start at once."""
+    agent, transport, proc = make(max_procs=3)
+    agent.run_once(0)
+    transport.publish(QUEUE, body(n="long"))
+    spin(agent, lambda: bodies(transport, "/queue/STARTED"))
+    transport.drop_connection("broker restarted")
+    spin(agent, lambda: agent.connected and any(r.delivery.epoch == transport.epoch for r in agent.runs))
+    transport.publish(QUEUE, body(n="a", quick=True))
+    transport.publish(QUEUE, body(n="b", quick=True))
+    spin(agent, lambda: sorted(proc.ran) == ["a", "b"])
+    assert not proc.gate.is_set(), "the new runs waited for the long job"
+    proc.gate.set()
+    spin(agent, lambda: len(transport.acked) == 3)
+    assert sorted(proc.ran) == ["a", "b", "long"]
+
+
+@IDS
+def test_full_agent_takes_back_its_running_run_after_a_reconnect(fresh_ids):
+    """A full agent must not leave the run it still runs on the queue for another agent."""
+    agent, transport, proc = make(max_procs=1)
+    transport.fresh_ids = fresh_ids
+    agent.run_once(0)
+    transport.publish(QUEUE, body(n="1"))
+    spin(agent, lambda: bodies(transport, "/queue/STARTED"))
+    transport.drop_connection("broker restarted")
+    spin(agent, lambda: agent.connected)
+    spin(agent, lambda: not transport.queues[QUEUE], timeout=2)
+    proc.gate.set()
+    spin(agent, lambda: transport.acked)
+    assert proc.ran == ["1"] and len(bodies(transport, "/queue/DONE")) == 1
+
+
+@IDS
+def test_stop_around_a_reconnect_does_not_run_a_confirmed_run_again(fresh_ids):
+    """Outcome confirmed after the reconnect, message not acked, agent stopped: no re-run on restart."""
+    agent, transport, proc = make(max_procs=1, shutdown_timeout_sec=1)
+    transport.fresh_ids = fresh_ids
+    journal = agent.config.journal_path
+    agent.run_once(0)
+    transport.publish(QUEUE, body(n="1"))
+    spin(agent, lambda: bodies(transport, "/queue/STARTED"))
+    transport.drop_connection("broker restarted")
+    transport.refuse_connect = True
+    agent.run_once(0.05)
+    proc.gate.set()
+    spin(agent, lambda: not agent.runs.count(RunState.RUNNING))
+    agent.request_stop("test")
+    transport.refuse_connect = False
+    done: List[bool] = []
+    spin(agent, lambda: done.append(agent.run_once(0.02)) or done[-1])
+    agent.transport.disconnect()
+    assert len(bodies(transport, "/queue/DONE")) == 1
+
+    again, _t, proc2 = make(transport=transport, journal=journal, max_procs=1)
+    proc2.gate.set()
+    spin(again, lambda: not transport.queues[QUEUE] and not again.runs and again.connected)
+    settle_down(again)
+    assert proc2.ran == [], "a run whose outcome was confirmed ran again after the restart"
+    assert len(bodies(transport, "/queue/DONE")) == 1
+    assert len(transport.acked) == 1
+
+
+class Refusals(Observer):
+    def __init__(self) -> None:
+        self.refused: List[Any] = []
+
+    def send_refused(self, destination: str, reason: str) -> None:
+        self.refused.append((destination, reason))
+
+
+def test_refused_outcome_is_sent_again_and_reported():
+    agent, transport, proc = make()
+    agent.observer = observer = Refusals()
+    proc.gate.set()
+    transport.refuse("/queue/DONE", 2, "address full")
+    agent.run_once(0)
+    msg = transport.publish(QUEUE, body(n="1"))
+    spin(agent, lambda: transport.acked)
+    assert transport.acked == [msg]
+    assert len(bodies(transport, "/queue/DONE")) == 1
+    assert observer.refused == [("/queue/DONE", "address full")] * 2
+    assert agent.connected, "a refused send is not a lost connection"
+
+
+def test_standing_cancel_does_not_answer_a_later_resubmission():
+    """Promise 6: a cancel that met its run (here, on another agent) must not silence a new request."""
+    first, transport, proc = make()
+    proc.gate.set()
+    first.run_once(0)
+    transport.publish(QUEUE, body(n="5", inst="A", quick=True))
+    spin(first, lambda: transport.acked)
+    transport.topic("/topic/POSTPROCESSING.CANCEL", body(cancel=True, instrument="A", run_number="5"))
+    settle_down(first)
+    transport.publish(QUEUE, body(n="5", inst="A", quick=True))
+    spin(first, lambda: len(transport.acked) == 2)
+    assert proc.ran == ["5", "5"], "the resubmission was answered 'cancelled'"
+    assert len(bodies(transport, "/queue/DONE")) == 2
+
+
+def test_cancel_still_stops_a_run_that_arrives_after_it():
+    """The other half of promise 6: a queued run that reaches us after its cancel is cancelled."""
+    agent, transport, proc = make()
+    proc.gate.set()
+    agent.run_once(0)
+    transport.topic("/topic/POSTPROCESSING.CANCEL", body(cancel=True, instrument="A", run_number="6"))
+    settle_down(agent)
+    transport.publish(QUEUE, body(n="6", inst="A", quick=True))
+    spin(agent, lambda: transport.acked)
+    assert proc.ran == []
+    assert [b["error"] for b in bodies(transport, "/queue/POSTPROCESS.ERROR")] == ["cancelled by unknown"]
+
+
+@IDS
+def test_repeated_request_marked_redelivered_runs(fresh_ids):
+    """Promise 5: the same body again, given back to the broker on the way, is a new request.
+
+    A full agent: its outcome is confirmed after the reconnect before the redelivery arrives."""
+    agent, transport, proc = make(max_procs=1)
+    transport.fresh_ids = fresh_ids
+    agent.run_once(0)
+    transport.publish(QUEUE, body(n="9"))
+    spin(agent, lambda: bodies(transport, "/queue/STARTED"))
+    transport.drop_connection("broker restarted")
+    transport.refuse_connect = True
+    agent.run_once(0.05)
+    proc.gate.set()
+    spin(agent, lambda: not agent.runs.count(RunState.RUNNING))
+    transport.refuse_connect = False
+    spin(agent, lambda: transport.acked and not agent.runs and not transport.queues[QUEUE])
+    assert proc.ran == ["9"]
+    transport.publish(QUEUE, body(n="9"), {"redelivered": "true"})
+    spin(agent, lambda: len(transport.acked) == 2)
+    assert proc.ran == ["9", "9"], "a re-reduction request was acked without running"
+    assert len(bodies(transport, "/queue/DONE")) == 2
+
+
+def test_deliveries_are_routed_by_their_subscription():
+    """Artemis names the queue without /queue/ in the destination header."""
+    agent, transport, proc = make()
+    transport.bare_destinations = True
+    proc.gate.set()
+    agent.run_once(0)
+    transport.publish(QUEUE, body(n="1"))
+    spin(agent, lambda: transport.acked)
+    assert proc.ran == ["1"] and not bodies(transport, "/queue/POSTPROCESS.ERROR")
+
+
+@IDS
+def test_confirmed_run_whose_ack_was_lost_is_answered_from_the_journal(fresh_ids):
+    """Promise 4 after a crash: outcome confirmed, ACK never confirmed, agent gone."""
+    agent, transport, proc = make()
+    transport.fresh_ids = fresh_ids
+    journal = agent.config.journal_path
+    proc.gate.set()
+    agent.run_once(0)
+    transport.lose_acks = True
+    transport.publish(QUEUE, body(n="3"))
+    spin(agent, lambda: bodies(transport, "/queue/DONE") and not agent.runs)
+    transport.lose_acks = False
+    again, _t, proc2 = make(transport=transport, journal=journal)
+    spin(again, lambda: transport.acked)
+    settle_down(again)
+    assert proc2.ran == [] and len(bodies(transport, "/queue/DONE")) == 1
+
+
+def test_refused_sends_are_counted_for_prometheus():
+    from postprocessing.agent.metrics import MetricsObserver
+
+    agent, transport, proc = make()
+    agent.observer = observer = MetricsObserver(agent.config)
+    proc.gate.set()
+    transport.refuse("/queue/DONE", 3, "security")
+    agent.run_once(0)
+    transport.publish(QUEUE, body(n="1"))
+    spin(agent, lambda: transport.acked)
+    assert observer.registry.get_sample_value("postprocessing_sends_refused_total",
+                                              {"destination": "/queue/DONE"}) == 3
+
+
+def test_a_cancel_closed_by_another_agent_stands_no_more():
+    """Another agent met the cancel's run and said so on the topic: a later request runs here."""
+    agent, transport, proc = make()
+    agent.run_once(0)
+    transport.topic("/topic/POSTPROCESSING.CANCEL", body(cancel=True, instrument="A", run_number="8"))
+    settle_down(agent)
+    transport.topic("/topic/POSTPROCESSING.CANCEL", body(cancel="closed", instrument="A", run_number="8"))
+    settle_down(agent)
+    transport.publish(QUEUE, body(n="8", inst="A", quick=True))
+    spin(agent, lambda: transport.acked)
+    assert proc.ran == ["8"] and not bodies(transport, "/queue/POSTPROCESS.ERROR")
+
+
+def test_a_cancel_that_meets_its_run_announces_it_is_closed():
+    agent, transport, proc = make()
+    agent.run_once(0)
+    transport.publish(QUEUE, body(n="4", inst="A"))
+    spin(agent, lambda: bodies(transport, "/queue/STARTED"))
+    transport.topic("/topic/POSTPROCESSING.CANCEL", body(cancel=True, instrument="A", run_number="4"))
+    spin(agent, lambda: bodies(transport, "/topic/POSTPROCESSING.CANCEL"))
+    assert bodies(transport, "/topic/POSTPROCESSING.CANCEL")[0]["cancel"] == "closed"
+    proc.gate.set()
+    spin(agent, lambda: transport.acked)
