@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: deps demo test lint unit bench soak rpm
+.PHONY: deps demo test lint unit bench soak rpm reliability-table
 
 deps:
 	bash scripts/install-deps.sh
@@ -19,6 +19,11 @@ test: deps lint
 
 bench: deps
 	$(PYTHON) bench/bench_agent.py
+
+# Merge the figures the last test runs measured (build/reliability/*.json) into
+# docs/reliability.json and re-render the README's Reliability table.  Tests never write tracked files.
+reliability-table:
+	$(PYTHON) -m tests.support.reliability
 
 # The full soak: 2,000 no-op runs at max_procs 4 (make test runs a short one; SOAK_RUNS sets its size).
 soak: deps
