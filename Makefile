@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: deps demo test lint unit bench soak rpm reliability-table
+.PHONY: deps demo test lint unit bench soak rpm reliability-table chaos
 
 deps:
 	bash scripts/install-deps.sh
@@ -19,6 +19,17 @@ test: deps lint
 
 bench: deps
 	$(PYTHON) bench/bench_agent.py
+
+# The long fault harness, per broker (needs root): CHAOS_MINUTES of faults and load, printed seed
+# (CHAOS_SEED replays one), figures recorded in build/reliability; then `make reliability-table`.
+CHAOS_MINUTES ?= 20
+CHAOS_BROKERS ?= activemq rabbitmq
+CHAOS_ARGS ?=
+chaos: deps
+	for b in $(CHAOS_BROKERS); do \
+		$(PYTHON) bench/chaos.py --broker $$b --minutes $(CHAOS_MINUTES) --record \
+			$(if $(CHAOS_SEED),--seed $(CHAOS_SEED)) $(CHAOS_ARGS) || status=1; \
+	done; exit $${status:-0}
 
 # Merge the figures the last test runs measured (build/reliability/*.json) into
 # docs/reliability.json and re-render the README's Reliability table.  Tests never write tracked files.

@@ -31,10 +31,10 @@ class Options:
     seed: Optional[int] = None
     hosts: int = 3
     max_procs: int = 2
-    load_sec: float = 75.0
-    quiet_tail_sec: float = 25.0
+    load_sec: float = 90.0
+    quiet_tail_sec: float = 20.0
     drain_sec: float = 150.0
-    fault_gap_sec: tuple = (6.0, 12.0)
+    fault_gap_sec: tuple = (3.0, 6.0)
     partition_sec: tuple = (HEARTBEAT_TIMEOUT_SEC + 2, HEARTBEAT_TIMEOUT_SEC + 10)
     outage_sec: tuple = (1.0, 6.0)
     agent_down_sec: tuple = (1.0, 4.0)
@@ -216,10 +216,17 @@ class Chaos:
 
     # -- faults --------------------------------------------------------------------------------
     def _inject(self, until: float) -> None:
-        """Faults one at a time, each healed before the next, until ``until``."""
+        """Faults one at a time, each healed before the next, until ``until``.
+
+        They come in rounds: every kind once per round, in an order drawn from the seed.
+        """
+        kinds: List[str] = []
         while not self._stop.is_set():
             gap = self.rng.uniform(*self.o.fault_gap_sec)
-            kind = self.rng.choice(self.o.faults)
+            if not kinds:
+                kinds = list(self.o.faults)
+                self.rng.shuffle(kinds)
+            kind = kinds.pop()
             host = self.rng.choice(self.network.hosts)
             length = self.rng.uniform(*{"partition": self.o.partition_sec, "broker_kill": self.o.outage_sec,
                                         "agent_kill": self.o.agent_down_sec, "slow": self.o.slow_sec}[kind])
