@@ -33,7 +33,7 @@ class Options:
     max_procs: int = 2
     load_sec: float = 90.0
     quiet_tail_sec: float = 20.0
-    drain_sec: float = 150.0
+    drain_sec: float = 60.0
     fault_gap_sec: tuple = (3.0, 6.0)
     partition_sec: tuple = (HEARTBEAT_TIMEOUT_SEC + 2, HEARTBEAT_TIMEOUT_SEC + 10)
     outage_sec: tuple = (1.0, 6.0)
@@ -272,7 +272,7 @@ class Chaos:
         back = time.time()
         run = 900000 + int(outage)
         self.client.send_confirmed(self.queue["reduction_data_ready"], self.jobs.request(run, 0.1, False))
-        deadline = back + 120.0
+        deadline = back + 90.0
         while time.time() < deadline:
             starts = [e.start for e in self.jobs.executions({}) if e.run == run]
             if starts:
