@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: deps demo test lint unit bench soak rpm reliability-table chaos
+.PHONY: deps demo test lint unit bench soak rpm reliability-table chaos bench-fleet
 
 deps:
 	bash scripts/install-deps.sh
@@ -35,6 +35,11 @@ chaos: deps
 # docs/reliability.json and re-render the README's Reliability table.  Tests never write tracked files.
 reliability-table:
 	$(PYTHON) -m tests.support.reliability
+
+# 1, 2 and 4 agents at max_procs 4 on one broker, 2,000 no-op runs each: throughput against the
+# fleet's spawn ceiling, each agent's share, the broker's CPU, and no agent above its slots.
+bench-fleet: deps
+	$(PYTHON) bench/bench_fleet.py --runs 2000 --fleets 1,2,4
 
 # The full soak: 2,000 no-op runs at max_procs 4 (make test runs a short one; SOAK_RUNS sets its size).
 soak: deps
