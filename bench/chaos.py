@@ -40,7 +40,7 @@ def record(report: Report, args: argparse.Namespace) -> None:
     faults = ", ".join("%d %s" % (n, kind.replace("_", " ")) for kind, n in sorted(f.faults.items()))
     recovery = "; ".join("after a %.0f s outage the first queued run started %s" % (
         outage, "%.1f s after the broker came back" % sec if sec is not None else "never")
-        for outage, sec in sorted(report.recovery_sec.items()))
+        for outage, sec in report.recovery_sec)
     reliability.save({"chaos_" + args.broker: {
         "done": "`make chaos`: %d agents on %d hosts (network namespaces) at max_procs %d, %.0f min of mixed "
                 "short, long and failing runs, re-requests and cancels through %s; %d faults (%s); seed %d" % (

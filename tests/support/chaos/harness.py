@@ -11,8 +11,9 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+from postprocessing.config import Config
 from tests.support.chaos import brokers
 from tests.support.chaos.client import ChaosClient
 from tests.support.chaos.fleet import INSTRUMENT, IPTS, FleetAgent, Jobs, agent_config
@@ -40,11 +41,11 @@ class Options:
     agent_down_sec: tuple = (1.0, 4.0)
     slow_sec: tuple = (5.0, 12.0)
     short_sec: tuple = (0.3, 2.0)
-    long_sec: tuple = (8.0, 20.0)
+    long_sec: tuple = (10.0, 30.0)
     faults: tuple = FAULT_KINDS
     recovery_outages: tuple = (5.0,)
     reconnect_max_sec: Optional[float] = 2.0
-    stall_sec: float = 8.0
+    stall_sec: float = 6.0
     extra_config: Dict[str, Any] = field(default_factory=dict)
     workdir: Optional[str] = None
 
@@ -54,7 +55,7 @@ class Report:
     seed: int
     broker: str
     figures: Figures
-    recovery_sec: Dict[float, Optional[float]]
+    recovery_sec: List[Tuple[float, Optional[float]]]
     duration_sec: float
     stall_limit_sec: float
 
@@ -70,8 +71,8 @@ class Report:
             out.append("  %-24s %d%s" % (name, getattr(f, name), "" if not getattr(f, name) else "   <-- VIOLATED"))
         out.append("  longest stall           %.1f s (limit %.0f)" % (f.longest_stall_sec, self.stall_limit_sec))
         out.append("  time to drain           %s" % ("%.1f s" % f.drain_sec if f.drain_sec is not None else
-                                                   "not drained"))
-        for outage, sec in sorted(self.recovery_sec.items()):
+                                                   "not drained" if f.faults else "no faults"))
+        for outage, sec in self.recovery_sec:
             out.append("  broker recovery after a %.0f s outage: %s" % (
                 outage, "%.1f s to the first run starting" % sec if sec is not None else "no run started"))
         for name, examples in sorted(f.examples.items()):
@@ -115,7 +116,7 @@ class Chaos:
                 self.agents.append(agent.start())
             self._wait_connected()
             figures = self._session()
-            recovery = {outage: self._recovery(outage) for outage in self.o.recovery_outages}
+            recovery = [(outage, self._recovery(i, outage)) for i, outage in enumerate(self.o.recovery_outages)]
             return Report(self.seed, self.o.broker, figures, recovery, time.time() - began, self.o.stall_sec)
         finally:
             self._stop.set()
@@ -147,7 +148,8 @@ class Chaos:
         time.sleep(3.0)
         assert self.client is not None
         executions = self.jobs.executions({a.host: a.kills for a in self.agents})
-        settle = (self.o.reconnect_max_sec or 30.0) + 2 * HEARTBEAT_TIMEOUT_SEC
+        bound = self.o.reconnect_max_sec if self.o.reconnect_max_sec is not None else Config.reconnect_max_sec
+        settle = bound + HEARTBEAT_TIMEOUT_SEC
         return check(self.requests, self.client.outcomes(), self.dest, executions, self.faults,
                      self.network.hosts, self.o.max_procs, settle, self.o.stall_sec, (start, load_end))
 
@@ -250,9 +252,13 @@ class Chaos:
             self.network.slow(False)
         elif kind == "agent_kill":
             agent = self.agents[self.network.hosts.index(host)]
+            connects = agent.log().count("connected to broker")
             agent.kill(time.time())
             time.sleep(length)
             agent.start()
+            deadline = time.monotonic() + 60.0
+            while agent.log().count("connected to broker") <= connects and time.monotonic() < deadline:
+                time.sleep(0.2)
         else:
             assert self.client is not None
             with self.client.send_lock:
@@ -261,7 +267,7 @@ class Chaos:
             self.broker.start()
 
     # -- broker recovery -----------------------------------------------------------------------
-    def _recovery(self, outage: float) -> Optional[float]:
+    def _recovery(self, index: int, outage: float) -> Optional[float]:
         """Seconds from the broker answering again after ``outage`` to a run sent then starting."""
         assert self.client is not None
         with self.client.send_lock:
@@ -270,7 +276,7 @@ class Chaos:
         time.sleep(outage)
         self.broker.start()
         back = time.time()
-        run = 900000 + int(outage)
+        run = 900000 + index
         self.client.send_confirmed(self.queue["reduction_data_ready"], self.jobs.request(run, 0.1, False))
         deadline = back + 90.0
         while time.time() < deadline:

@@ -10,8 +10,9 @@ before it.  The checks:
 4. repeated after confirmation: an execution of a request that started after its outcome arrived;
 5. re-requests not run: a repeated request (same body again) that never executed, uncancelled;
 6. cancels that silenced a later request: answered "cancelled" though no cancel came after it;
-7. busy stalls: in a quiet spell (no fault for ``settle`` seconds), a request waited unstarted
-   for longer than ``stall_sec`` while a host had a free slot.
+7. busy stalls: a request waited unstarted for longer than ``stall_sec`` while a calm host had
+   a free slot; a host is calm when no fault touched it in the last ``settle`` seconds (an
+   agent kill touches its host only, every other fault touches every host).
 Plus the time to drain: from the end of the last fault to the last outcome.
 """
 
@@ -147,17 +148,18 @@ def check(requests: List[Request], outcomes: List[Tuple[float, str, Dict[str, An
 
 def _stalls(fig: Figures, requests: List[Request], executions: List[Execution], faults: List[Fault],
             hosts: List[str], max_procs: int, settle: float, stall_sec: float, window: Tuple[float, float]) -> None:
-    """Spells where work waited unstarted while a host had a free slot and no fault was near."""
+    """Spells where work waited unstarted while a calm host had a free slot."""
     step = 0.5
     t = window[0]
     spell_start: Optional[float] = None
     while t <= window[1]:
-        quiet = all(not (f.start - 0.5 <= t <= f.end + settle) for f in faults)
+        near = [f for f in faults if f.start - 0.5 <= t <= f.end + settle]
+        calm = [h for h in hosts if all(f.kind == "agent_kill" and f.target != h for f in near)]
         waiting = [r for r in requests if r.sent <= t - 1.0 and not r.cancels
                    and not any(o[0] <= t for o in r.outcomes) and not any(e.start <= t for e in r.executions)]
         running = collections.Counter(e.host for e in executions
                                       if e.start <= t and (e.end is None or e.end > t))
-        stalled = quiet and bool(waiting) and any(running[h] < max_procs for h in hosts)
+        stalled = bool(waiting) and any(running[h] < max_procs for h in calm)
         if stalled and spell_start is None:
             spell_start = t
         if (not stalled or t + step > window[1]) and spell_start is not None:
