@@ -2,8 +2,10 @@
 
 Every job is ``reduce_CHAOS.py``: it reads how long to run and whether to fail from its
 data file, and appends its own start and end marks (host, pid, run, wall-clock time) to
-``<data_root>/chaos-marks/<host>.jsonl``.  A job ended by SIGTERM (cancel, time limit) marks
-its end too; one killed with its agent (SIGKILL via PR_SET_PDEATHSIG) leaves only a start.
+``<data_root>/chaos-marks/<host>.jsonl``, and an "alive" mark every second.  A job ended by
+SIGTERM (cancel, time limit) marks its end too; one killed with its agent (SIGKILL via
+PR_SET_PDEATHSIG) ends at that kill; one that vanished otherwise ends a second after its
+last mark.
 """
 
 import json
@@ -42,7 +44,10 @@ def terminated(signum, frame):
 
 signal.signal(signal.SIGTERM, terminated)
 mark("start")
-time.sleep(spec["sleep"])
+end = time.time() + spec["sleep"]
+while time.time() < end:
+    time.sleep(min(1.0, max(0.0, end - time.time())))
+    mark("alive")
 open(os.path.join(sys.argv[2], "run_%%d.out" %% spec["run"]), "a").write("%%d\\n" %% os.getpid())
 mark("end", status="fail" if spec["fail"] else "ok")
 if spec["fail"]:
@@ -56,7 +61,7 @@ class Execution:
     pid: int
     run: int
     start: float
-    end: Optional[float]
+    end: float
     status: str
 
 
@@ -77,9 +82,10 @@ class Jobs:
                 "run_number": str(run), "data_file": path}
 
     def executions(self, kills: Dict[str, List[float]]) -> List[Execution]:
-        """Every job that started, paired with its end; a job killed with its agent ends at that kill."""
+        """Every job that started, with its end (marked, its agent's kill, or a second after its last mark)."""
         starts: Dict[Any, Dict[str, Any]] = {}
         ends: Dict[Any, Dict[str, Any]] = {}
+        seen: Dict[Any, float] = {}
         for name in os.listdir(self.marks):
             with open(os.path.join(self.marks, name), encoding="utf-8") as handle:
                 for line in handle:
@@ -87,7 +93,9 @@ class Jobs:
                         continue
                     mark = json.loads(line)
                     key = (mark["host"], mark["pid"], mark["run"])
-                    (starts if mark["ev"] == "start" else ends)[key] = mark
+                    seen[key] = max(seen.get(key, 0.0), mark["t"])
+                    if mark["ev"] in ("start", "end"):
+                        (starts if mark["ev"] == "start" else ends)[key] = mark
         out = []
         for key, start in starts.items():
             end = ends.get(key)
@@ -95,8 +103,10 @@ class Jobs:
                 out.append(Execution(key[0], key[1], key[2], start["t"], end["t"], end["status"]))
                 continue
             later = [k for k in kills.get(key[0], []) if k >= start["t"]]
-            out.append(Execution(key[0], key[1], key[2], start["t"], min(later) if later else None,
-                                 "killed" if later else "open"))
+            if later and min(later) <= seen[key] + 1.0:
+                out.append(Execution(key[0], key[1], key[2], start["t"], min(later), "killed"))
+            else:
+                out.append(Execution(key[0], key[1], key[2], start["t"], seen[key] + 1.0, "vanished"))
         return sorted(out, key=lambda e: e.start)
 
 

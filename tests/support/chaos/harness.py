@@ -63,8 +63,8 @@ class Report:
         f = self.figures
         out = [
             "chaos on %s, seed %d, %.0f s" % (self.broker, self.seed, self.duration_sec),
-            "  requests %d (runs %d), executions %d (%d re-run after an agent kill)" % (
-                f.requests, f.runs, f.executions, f.reruns_after_kill),
+            "  requests %d (runs %d), executions %d (%d killed with their agent, %d killed by something else)" % (
+                f.requests, f.runs, f.executions, f.killed_with_agent, f.vanished),
             "  faults: %s" % (", ".join("%s %d" % kv for kv in sorted(f.faults.items())) or "none"),
         ]
         for name in Figures.VIOLATIONS:

@@ -51,7 +51,8 @@ class Figures:
     runs: int = 0
     faults: Dict[str, int] = field(default_factory=dict)
     executions: int = 0
-    reruns_after_kill: int = 0
+    killed_with_agent: int = 0
+    vanished: int = 0
     lost: int = 0
     overlapping: int = 0
     duplicate_outcomes: int = 0
@@ -119,7 +120,8 @@ def check(requests: List[Request], outcomes: List[Tuple[float, str, Dict[str, An
             fig.repeated_after_confirm += len(late)
             fig.example("repeated_after_confirm", "%s: answered %.1f, ran again on %s at %.1f" % (
                 label, confirmed, late[0].host, late[0].start))
-        fig.reruns_after_kill += sum(1 for e in request.executions if e.status == "killed")
+        fig.killed_with_agent += sum(1 for e in request.executions if e.status == "killed")
+        fig.vanished += sum(1 for e in request.executions if e.status == "vanished")
         cancelled = any("cancel" in o[2].lower() for o in request.outcomes)
         if request.generation > 1 and not request.executions and not request.cancels:
             fig.rerequests_not_run += 1
@@ -130,8 +132,7 @@ def check(requests: List[Request], outcomes: List[Tuple[float, str, Dict[str, An
             fig.example("cancels_silencing", "%s: answered cancelled, no cancel sent after it" % label)
 
     for run, runs in by_run.items():
-        spans = sorted((e.start, e.end if e.end is not None else float("inf"), e.host) for r in runs
-                       for e in r.executions)
+        spans = sorted((e.start, e.end, e.host) for r in runs for e in r.executions)
         for (s1, e1, h1), (s2, _, h2) in zip(spans, spans[1:]):
             if s2 < e1:
                 fig.overlapping += 1
@@ -158,7 +159,7 @@ def _stalls(fig: Figures, requests: List[Request], executions: List[Execution], 
         waiting = [r for r in requests if r.sent <= t - 1.0 and not r.cancels
                    and not any(o[0] <= t for o in r.outcomes) and not any(e.start <= t for e in r.executions)]
         running = collections.Counter(e.host for e in executions
-                                      if e.start <= t and (e.end is None or e.end > t))
+                                      if e.start <= t < e.end)
         stalled = bool(waiting) and any(running[h] < max_procs for h in calm)
         if stalled and spell_start is None:
             spell_start = t
