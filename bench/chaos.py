@@ -28,7 +28,7 @@ BROKER_NAMES = {"activemq": "ActiveMQ", "rabbitmq": "RabbitMQ", "artemis": "Arte
 def options(args: argparse.Namespace) -> Options:
     return Options(
         broker=args.broker, seed=args.seed, hosts=args.hosts, max_procs=args.max_procs,
-        load_sec=args.minutes * 60.0, quiet_tail_sec=60.0, drain_sec=900.0, fault_gap_sec=(10.0, 40.0),
+        load_sec=args.minutes * 60.0, quiet_tail_sec=60.0, drain_sec=300.0, fault_gap_sec=(10.0, 40.0),
         partition_sec=(HEARTBEAT_TIMEOUT_SEC + 2, 60.0), outage_sec=(1.0, 20.0), agent_down_sec=(1.0, 10.0),
         slow_sec=(10.0, 60.0), short_sec=(0.3, 5.0), long_sec=(20.0, 120.0),
         faults=tuple(args.faults.split(",")), recovery_outages=tuple(float(x) for x in args.recovery.split(",") if x),
