@@ -91,6 +91,8 @@ class Chaos:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._bodies: Dict[int, Dict[str, Any]] = {}
+        self._read = 0
+        self._answers: Dict[int, List[float]] = {}
 
     # -- set-up --------------------------------------------------------------------------------
     def run(self) -> Report:
@@ -153,10 +155,17 @@ class Chaos:
         return check(self.requests, self.client.outcomes(), self.dest, executions, self.faults,
                      self.network.hosts, self.o.max_procs, settle, self.o.stall_sec, (start, load_end))
 
-    def _answered(self, request: Request, outcomes: List[Any]) -> bool:
-        run = str(request.run)
-        return any(t >= request.sent and self.dest.get(d) in TERMINAL and str(b.get("run_number")) == run
-                   for t, d, b in outcomes)
+    def _take_outcomes(self) -> None:
+        """Note the terminal outcomes that arrived since the last call, per run."""
+        assert self.client is not None
+        new = self.client.outcomes(self._read)
+        self._read += len(new)
+        for when, dest, body in new:
+            if self.dest.get(dest) in TERMINAL and str(body.get("run_number", "")).isdigit():
+                self._answers.setdefault(int(body["run_number"]), []).append(when)
+
+    def _answered(self, request: Request) -> bool:
+        return any(t >= request.sent for t in self._answers.get(request.run, []))
 
     def _load(self, until: float) -> None:
         """Keep the fleet a little over full with new runs, re-requests and cancels."""
@@ -165,9 +174,9 @@ class Chaos:
         latest: Dict[int, Request] = {}
         answered: Dict[int, float] = {}
         while time.time() < until:
-            outcomes = self.client.outcomes()
+            self._take_outcomes()
             for run, request in latest.items():
-                if run not in answered and self._answered(request, outcomes):
+                if run not in answered and self._answered(request):
                     answered[run] = time.time()
             open_runs = [run for run in latest if run not in answered]
             finished = [run for run in latest if run in answered]
@@ -210,9 +219,9 @@ class Chaos:
     def _drain(self, deadline: float) -> None:
         assert self.client is not None
         while time.time() < deadline:
-            outcomes = self.client.outcomes()
             self.client.ensure_connected()
-            if all(self._answered(r, outcomes) for r in self.requests):
+            self._take_outcomes()
+            if all(self._answered(r) for r in self.requests):
                 return
             time.sleep(0.5)
 
