@@ -2,7 +2,7 @@
 
     python3 bench/chaos.py [--broker activemq] [--minutes 20] [--seed S] [--hosts 4] [--max-procs 2]
                            [--faults partition,broker_kill,agent_kill,slow] [--recovery 5,300]
-                           [--reconnect-max-sec SEC] [--record]
+                           [--reconnect-max-sec SEC] [--agent-config KEY=JSON ...] [--record]
 
 Prints the seed first, then the invariant figures (all must be 0), the time to drain after
 the last fault, and the broker recovery times (broker back -> first queued run starting)
@@ -13,9 +13,10 @@ Exits 1 when an invariant is violated.  Needs root.  ``make chaos`` runs it per 
 """
 
 import argparse
+import json
 import os
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,6 +26,14 @@ from tests.support.chaos.harness import FAULT_KINDS, HEARTBEAT_TIMEOUT_SEC, Chao
 BROKER_NAMES = {"activemq": "ActiveMQ", "rabbitmq": "RabbitMQ", "artemis": "Artemis"}
 
 
+def config_item(text: str) -> Tuple[str, Any]:
+    key, _, value = text.partition("=")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
 def options(args: argparse.Namespace) -> Options:
     return Options(
         broker=args.broker, seed=args.seed, hosts=args.hosts, max_procs=args.max_procs,
@@ -32,7 +41,7 @@ def options(args: argparse.Namespace) -> Options:
         partition_sec=(HEARTBEAT_TIMEOUT_SEC + 2, 60.0), outage_sec=(1.0, 20.0), agent_down_sec=(1.0, 10.0),
         slow_sec=(10.0, 60.0), short_sec=(0.3, 5.0), long_sec=(20.0, 120.0),
         faults=tuple(args.faults.split(",")), recovery_outages=tuple(float(x) for x in args.recovery.split(",") if x),
-        reconnect_max_sec=args.reconnect_max_sec, stall_sec=15.0)
+        reconnect_max_sec=args.reconnect_max_sec, stall_sec=15.0, extra_config=dict(args.agent_config))
 
 
 def record(report: Report, args: argparse.Namespace) -> None:
@@ -65,6 +74,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--recovery", default="5,300", help="broker outages (s) to measure recovery after")
     parser.add_argument("--reconnect-max-sec", type=float, help="the agents' backoff bound (default: theirs)")
     parser.add_argument("--record", action="store_true", help="write a Reliability row to build/reliability")
+    parser.add_argument("--agent-config", type=config_item, action="append", default=[], metavar="KEY=JSON",
+                        help="an agent config entry; {host} in a string becomes the host (repeatable)")
     args = parser.parse_args(argv)
     unknown = set(args.faults.split(",")) - set(FAULT_KINDS)
     if unknown:

@@ -111,12 +111,16 @@ class Jobs:
 
 
 class FleetAgent:
-    """One agent process on ``host``, started with ``prefix`` (``ip netns exec HOST``)."""
+    """One agent process on ``host``, started with ``prefix`` (``ip netns exec HOST``).
+
+    ``{host}`` in a string config value becomes the host's name (say, a per-host journal path).
+    """
 
     def __init__(self, workdir: str, host: str, prefix: List[str], config: Dict[str, Any]) -> None:
         self.host = host
         self.prefix = prefix
-        self.config = dict(config, log_file=os.path.join(workdir, "%s.log" % host))
+        own = {k: v.replace("{host}", host) if isinstance(v, str) else v for k, v in config.items()}
+        self.config = dict(own, log_file=os.path.join(workdir, "%s.log" % host))
         self.config_path = os.path.join(workdir, "%s.conf" % host)
         self.stderr_path = os.path.join(workdir, "%s.stderr" % host)
         with open(self.config_path, "w", encoding="utf-8") as handle:
