@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: deps demo test lint unit bench soak rpm
+.PHONY: deps demo test lint unit bench soak rpm reliability-table chaos bench-fleet
 
 deps:
 	bash scripts/install-deps.sh
@@ -21,6 +21,27 @@ test: deps lint
 
 bench: deps
 	$(PYTHON) bench/bench_agent.py
+
+# The long fault harness, per broker (needs root): CHAOS_MINUTES of faults and load, printed seed
+# (CHAOS_SEED replays one), figures recorded in build/reliability; then `make reliability-table`.
+CHAOS_MINUTES ?= 20
+CHAOS_BROKERS ?= activemq rabbitmq
+CHAOS_ARGS ?=
+chaos: deps
+	for b in $(CHAOS_BROKERS); do \
+		$(PYTHON) bench/chaos.py --broker $$b --minutes $(CHAOS_MINUTES) --record \
+			$(if $(CHAOS_SEED),--seed $(CHAOS_SEED)) $(CHAOS_ARGS) || status=1; \
+	done; exit $${status:-0}
+
+# Merge the figures the last test runs measured (build/reliability/*.json) into
+# docs/reliability.json and re-render the README's Reliability table.  Tests never write tracked files.
+reliability-table:
+	$(PYTHON) -m tests.support.reliability
+
+# 1, 2 and 4 agents at max_procs 4 on one broker, 2,000 no-op runs each: throughput against the
+# fleet's spawn ceiling, each agent's share, the broker's CPU, and no agent above its slots.
+bench-fleet: deps
+	$(PYTHON) bench/bench_fleet.py --runs 2000 --fleets 1,2,4
 
 # The full soak: 2,000 no-op runs at max_procs 4 (make test runs a short one; SOAK_RUNS sets its size).
 soak: deps

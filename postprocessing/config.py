@@ -78,7 +78,7 @@ class Config:
     stomp_heartbeat_ms: int = 10000
     connect_timeout_sec: float = 5.0
     reconnect_initial_sec: float = 0.5
-    reconnect_max_sec: float = 30.0
+    reconnect_max_sec: float = 10.0
     failback_interval_sec: float = 30.0
     max_body_bytes: int = 1048576
     # logging

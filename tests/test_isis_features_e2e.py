@@ -133,13 +133,14 @@ def test_runs_of_one_proposal_are_serialised_others_go_ahead(make_agent, facilit
     client.send(agent.q("reduction_data_ready"), facility.run("CNCS", "IPTS-2", 10))
     client.wait(agent.q("reduction_complete"), 4, timeout=30)
     out1 = facility.output_dir("CNCS", "IPTS-1")
-    same = [json.load(open(os.path.join(out1, n))) for n in sorted(os.listdir(out1)) if n.endswith(".json")]
+    same = [dict(json.load(open(os.path.join(out1, n))), name=n) for n in os.listdir(out1) if n.endswith(".json")]
     assert len(same) == 3 and max_overlap(same) == 1
     out2 = facility.output_dir("CNCS", "IPTS-2")
     other = [json.load(open(os.path.join(out2, n))) for n in os.listdir(out2) if n.endswith(".json")]
     assert other[0]["start"] < sorted(r["end"] for r in same)[0], "the other proposal waited"
-    starts = [r["start"] for r in sorted(same, key=lambda r: r["start"])]
-    assert starts == sorted(starts)
+    in_start_order = [r["name"] for r in sorted(same, key=lambda r: r["start"])]
+    sent_order = ["CNCS_%d.nxs.h5.json" % run for run in (1, 2, 3)]
+    assert in_start_order == sent_order, "runs of one proposal start in the order they were sent"
 
 
 def test_a_waiting_run_goes_back_to_the_broker_for_an_idle_agent(make_agent, facility, client):

@@ -2,9 +2,9 @@
 
 import math
 import time
-import urllib.error
 import urllib.request
 
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -99,9 +99,21 @@ def test_reconnects_are_counted(make_agent, private_broker):
         private.stop()
 
 
+def listening_ports(pid):
+    """The TCP ports the process ``pid`` listens on."""
+    return sorted(c.laddr.port for c in psutil.Process(pid).net_connections(kind="tcp")
+                  if c.status == psutil.CONN_LISTEN)
+
+
 def test_metrics_are_off_by_default(make_agent):
-    port = free_port()
     agent = make_agent().start()
     assert "metrics at" not in agent.log()
-    with pytest.raises(urllib.error.URLError):
-        urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=2)
+    assert listening_ports(agent.pid) == [], "the agent listens on no port without metrics_port"
+
+
+def test_listening_ports_sees_the_metrics_endpoint(make_agent):
+    """The check above can fail: with metrics_port set, the same probe finds the endpoint."""
+    port = free_port()
+    agent = make_agent(metrics_port=port, metrics_address="127.0.0.1").start()
+    agent.wait_log("metrics at http://127.0.0.1:%d/metrics" % port)
+    assert listening_ports(agent.pid) == [port]

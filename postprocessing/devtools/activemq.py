@@ -39,16 +39,16 @@ _XML = """<beans xmlns="http://www.springframework.org/schema/beans"
       <tempUsage><tempUsage limit="512 mb"/></tempUsage>
     </systemUsage></systemUsage>
     <transportConnectors>
-      <transportConnector name="stomp" uri="stomp://127.0.0.1:{port}?transport.closeAsync=false&amp;transport.tcpNoDelay=true"/>
+      <transportConnector name="stomp" uri="stomp://{host}:{port}?transport.closeAsync=false&amp;transport.tcpNoDelay=true"/>
     </transportConnectors>
   </broker>
 </beans>
 """
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -59,14 +59,18 @@ def available() -> bool:
 
 
 class LocalActiveMQ:
-    """One broker process; ``start``/``kill``/``stop`` keep the data directory between runs."""
+    """One broker process; ``start``/``kill``/``stop`` keep the data directory between runs.
+
+    Its STOMP connector listens on ``host`` (default 127.0.0.1) only.
+    """
 
     kind = "activemq"
 
     def __init__(self, workdir: str, port: Optional[int] = None, user: str = "icat",
-                 password: str = "icat", name: str = "localhost") -> None:
+                 password: str = "icat", name: str = "localhost", host: str = "127.0.0.1") -> None:
         self.workdir = os.path.abspath(workdir)
-        self.port = port or free_port()
+        self.host = host
+        self.port = port or free_port(host)
         self.user = user
         self.password = password
         self.name = name
@@ -80,7 +84,7 @@ class LocalActiveMQ:
         path = os.path.join(conf, "activemq.xml")
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(_XML.format(name=self.name, data=os.path.join(self.workdir, "data"),
-                                     port=self.port, user=self.user, password=self.password))
+                                     host=self.host, port=self.port, user=self.user, password=self.password))
         with open(os.path.join(conf, "log4j2.properties"), "w", encoding="utf-8") as handle:
             handle.write("rootLogger.level = WARN\nrootLogger.appenderRef.console.ref = console\n"
                          "appender.console.type = Console\nappender.console.name = console\n"
@@ -112,7 +116,7 @@ class LocalActiveMQ:
             if self.proc.poll() is not None:
                 raise RuntimeError("ActiveMQ exited with %s; see %s" % (self.proc.returncode, self.log_path))
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                with socket.create_connection((self.host, self.port), timeout=0.5):
                     return self
             except OSError:
                 time.sleep(0.1)

@@ -11,7 +11,8 @@ import stomp
 
 class Collector(stomp.ConnectionListener):
     def __init__(self, port: int, user: str = "icat", password: str = "icat",
-                 vhost: Optional[str] = None) -> None:
+                 vhost: Optional[str] = None, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.port = port
         self.vhost = vhost
         self.user = user
@@ -27,7 +28,7 @@ class Collector(stomp.ConnectionListener):
     def connect(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            conn = stomp.Connection12([("127.0.0.1", self.port)], auto_decode=False,
+            conn = stomp.Connection12([(self.host, self.port)], auto_decode=False,
                                       reconnect_attempts_max=1, vhost=self.vhost)
             conn.set_listener("collector", self)
             try:

@@ -1,0 +1,1 @@
+"""The fault harness: agents on separate hosts (network namespaces), faults, load, invariants."""
