@@ -4,6 +4,7 @@ Redelivery tests run twice: with stable message ids (ActiveMQ Classic) and with 
 for every delivery (RabbitMQ, Artemis).
 """
 
+import time
 from typing import Any, List
 
 import pytest
@@ -98,6 +99,28 @@ def test_refused_outcome_is_sent_again_and_reported():
     assert len(bodies(transport, "/queue/DONE")) == 1
     assert observer.refused == [("/queue/DONE", "address full")] * 2
     assert agent.connected, "a refused send is not a lost connection"
+
+
+def test_a_refusal_that_closes_the_connection_makes_no_reconnect_loop():
+    """Artemis closes the connection after it refuses a SEND: the refused outcome waits for its
+    backoff after the reconnect instead of being sent again at once, so there is one reconnect
+    per refusal and the run is settled once when the broker takes the outcome."""
+    agent, transport, proc = make(reconnect_max_sec=0.05)
+    agent.outbox = type(agent.outbox)(transport, 0.3, 0.3)
+    transport.close_on_refusal = True
+    proc.gate.set()
+    transport.refuse("/queue/DONE", 10 ** 6, "address full")
+    agent.run_once(0)
+    msg = transport.publish(QUEUE, body(n="1"))
+    deadline = time.monotonic() + 1.5
+    spin(agent, lambda: time.monotonic() > deadline)
+    assert transport.epoch <= 7, "%d connections in 1.5 s: a reconnect loop" % transport.epoch
+    assert not transport.acked
+    transport.refuse("/queue/DONE", 0)
+    spin(agent, lambda: transport.acked, timeout=10)
+    assert transport.acked == [msg]
+    assert len(bodies(transport, "/queue/DONE")) == 1
+    assert proc.ran == ["1"]
 
 
 def test_standing_cancel_does_not_answer_a_later_resubmission():

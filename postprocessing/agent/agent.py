@@ -62,7 +62,7 @@ class Agent:
         self.link = BrokerLink(config, self.transport)
         self.processors = {p.queue: p for p in processors}
         self.subs = Subscriptions(self.transport, list(self.processors))
-        self.outbox = Outbox(self.transport, config.reconnect_initial_sec, config.reconnect_max_sec)
+        self.outbox = Outbox(self.transport, config.reconnect_initial_sec)
         self.slots = Slots(config.max_procs, config.jobs_per_instrument, config.serialize_per_proposal)
         self.cancels = CancelBook(config.cancel_window_sec)
         self.holding = Holding(config)

@@ -2,8 +2,11 @@
 until the broker confirms it.  After a reconnect the unconfirmed ones are sent again,
 in their original order, so an outcome finished while the broker was away still goes.
 
-A message the broker refuses (an ERROR frame naming its receipt, the connection kept)
-stays too, and is sent again after a backoff that doubles up to ``max_backoff``."""
+A message the broker refuses (an ERROR frame naming its receipt) stays too, and is sent
+again after a backoff that doubles up to ``max_backoff``, also across reconnects: Artemis
+closes the connection after a refusal, and sending the message again at once on every
+reconnect would make a reconnect loop, each reconnect counting as a delivery attempt of
+every run the agent holds."""
 
 import collections
 import dataclasses
@@ -30,7 +33,7 @@ class Pending:
 
 
 class Outbox:
-    def __init__(self, transport: Transport, initial_backoff: float = 0.5, max_backoff: float = 30.0) -> None:
+    def __init__(self, transport: Transport, initial_backoff: float = 0.5, max_backoff: float = 300.0) -> None:
         self._transport = transport
         self._initial = initial_backoff
         self._max = max_backoff
@@ -77,10 +80,13 @@ class Outbox:
                     return
 
     def resend(self) -> None:
-        """After a reconnect: send every unconfirmed message again, oldest first."""
-        if self._pending:
-            logger.info("re-sending %d unconfirmed messages", len(self._pending))
-        for receipt, pending in list(self._pending.items()):
+        """After a reconnect: send every unconfirmed message again, oldest first; a refused
+        one waits for its backoff."""
+        now = time.monotonic()
+        due = [(r, p) for r, p in self._pending.items() if p.retry_at is None or p.retry_at <= now]
+        if due:
+            logger.info("re-sending %d unconfirmed messages", len(due))
+        for receipt, pending in due:
             pending.retry_at = None
             if not self._transmit(receipt, pending):
                 return

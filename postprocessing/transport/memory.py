@@ -40,6 +40,8 @@ class MemoryTransport:
         self.bare_destinations = False
         #: Like a connection that dies right after an ACK left: the broker never gets it.
         self.lose_acks = False
+        #: Like Artemis: the connection is closed right after a refused send.
+        self.close_on_refusal = False
         #: destination -> (how many more sends to refuse, why): see :meth:`refuse`.
         self._refusals: Dict[str, Tuple[int, str]] = {}
 
@@ -74,6 +76,8 @@ class MemoryTransport:
         if times and receipt is not None:
             self._refusals[destination] = (times - 1, reason)
             self._sink(SendRefused(receipt, self.epoch, reason))
+            if self.close_on_refusal:
+                self.drop_connection("refused frame %s: %s" % (receipt, reason))
             return
         frame_headers = {"persistent": "true", **(headers or {})}
         self.sent.append((destination, body, frame_headers))
