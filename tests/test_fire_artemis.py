@@ -1,12 +1,13 @@
 """Artemis as SNS runs it: a shared-store HA pair, and what only Artemis does."""
 
 import json
+import os
 import time
 
 import pytest
 
 from postprocessing.devtools import artemis
-from tests.conftest import start_artemis
+from tests.conftest import collector, start_artemis
 from tests.support.cli import broker_config, run_cli, write_config
 from tests.support.tcpproxy import TcpProxy
 from tests.test_agent_e2e import timed_script
@@ -109,4 +110,42 @@ def test_a_run_held_past_max_delivery_attempts_runs_once(broker, make_agent, fac
         "artemis_held_past_max_delivery_attempts",
         "Artemis with max-delivery-attempts 2; one 12 s run; the agent's connection cut 3 times while it ran",
         "the script ran once, 1 STARTED and %d COMPLETE; the answered message was in DLQ" % len(complete))
+    watcher.close()
+
+
+FULL_COMPLETE = ('<address-setting match="*.REDUCTION_COMPLETE"><max-size-messages>1</max-size-messages>'
+                 '<address-full-policy>FAIL</address-full-policy></address-setting>')
+
+
+def test_an_outcome_the_broker_refuses_is_sent_again_and_nothing_is_lost(broker, make_agent, facility,
+                                                                       private_broker, reliability_rows):
+    """An address that is full (policy FAIL) refuses the second COMPLETE: Artemis answers the SEND
+    with an ERROR naming its receipt and closes the connection.  The run stays un-acked, the
+    outcome is sent again after a backoff, and once the queue is read both runs are answered once."""
+    own = private_broker(address_settings=FULL_COMPLETE)
+    facility.script("CNCS", """
+        import sys
+        open(sys.argv[2] + "ran-" + sys.argv[1].rsplit("_", 1)[1], "a").write("x")
+    """)
+    agent = make_agent(on=own, max_procs=1).start()
+    sender = collector(own)
+    for run in (1, 2):
+        sender.send(agent.q("reduction_data_ready"), facility.run("CNCS", "IPTS-1", run))
+    agent.wait_log("refused", timeout=60)
+    refusals = agent.log().count("the broker refused")
+    watcher = watch(own, agent)
+    complete = watcher.wait(agent.q("reduction_complete"), 2, timeout=120)
+    time.sleep(2.0)
+    assert sorted(m["run_number"] for m in watcher.get(agent.q("reduction_complete"))) == ["1", "2"]
+    out = facility.output_dir("CNCS", "IPTS-1")
+    assert sorted(name for name in os.listdir(out) if name.startswith("ran-")) == [
+        "ran-1.nxs.h5", "ran-2.nxs.h5"]
+    assert all(open(os.path.join(out, name)).read() == "x" for name in os.listdir(out) if name.startswith("ran-"))
+    assert refusals >= 1
+    reliability_rows.record(
+        "artemis_refused_outcome",
+        "Artemis with a COMPLETE address of one message and policy FAIL; two runs; the queue read only later",
+        "%d COMPLETE, each run once; %d refusal(s) before the queue was read, each sent again after a backoff"
+        % (len(complete), refusals))
+    sender.close()
     watcher.close()
