@@ -25,7 +25,7 @@ import psutil
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from postprocessing.devtools import activemq, rabbitmq  # noqa: E402
-from postprocessing.jobs.environment import agent_identity  # noqa: E402
+from postprocessing.jobs.environment import MARKER, agent_identity  # noqa: E402
 from tests.support.agentproc import AgentProcess, queue_names  # noqa: E402
 from tests.support.client import Collector  # noqa: E402
 from tests.support.facility import Facility  # noqa: E402
@@ -34,14 +34,14 @@ MAX_PROCS = 4
 INST = "FLEET"
 #: The no-op job: it only notes which agent ran it, so that shares can be counted.
 NOOP = "import os, sys\nopen(sys.argv[2] + os.path.basename(sys.argv[1]) + '.agent', 'w')" \
-       ".write(os.environ['POSTPROCESSING_AGENT'])\n"
+       ".write(os.environ['POSTPROCESSING_AGENT_ID'])\n"
 
 
 def spawn_ceiling(script: str, data_file: str, out_dir: str, workers: int, n: int) -> float:
     """Runs/s when ``workers`` threads spawn the no-op job back to back: the machine's limit."""
     # Jobs run in sessions of their own, marked with a live agent's identity: an agent starting
     # meanwhile on this machine reaps marked processes whose "agent" is dead, with their group.
-    env = dict(os.environ, POSTPROCESSING_AGENT=agent_identity(os.getpid()))
+    env = dict(os.environ, **{MARKER: agent_identity(os.getpid())})
 
     def one(_: int) -> None:
         subprocess.run([sys.executable, script, data_file, out_dir], check=True, env=env, start_new_session=True)
