@@ -25,7 +25,7 @@ bench: deps
 # The long fault harness, per broker (needs root): CHAOS_MINUTES of faults and load, printed seed
 # (CHAOS_SEED replays one), figures recorded in build/reliability; then `make reliability-table`.
 CHAOS_MINUTES ?= 20
-CHAOS_BROKERS ?= activemq rabbitmq
+CHAOS_BROKERS ?= activemq artemis rabbitmq
 CHAOS_ARGS ?=
 chaos: deps
 	for b in $(CHAOS_BROKERS); do \

@@ -1,7 +1,7 @@
 """Brokers for the fault harness, all with one interface: kind, host, port, user, password,
 ``start()``, ``kill()`` (SIGKILL, as a crash) and ``stop()``.
 
-Each listens on the bridge address the hosts reach.  A private ActiveMQ Classic binds there;
+Each listens on the bridge address the hosts reach.  A private ActiveMQ Classic or Artemis binds there;
 the system RabbitMQ listens on every interface already, but lets ``guest`` in from loopback
 only, so the harness gives it a user of its own.  A new broker kind is one more entry here.
 """
@@ -10,7 +10,7 @@ import os
 import secrets
 from typing import Any
 
-from postprocessing.devtools import activemq, rabbitmq
+from postprocessing.devtools import activemq, artemis, rabbitmq
 
 RABBITMQ_USER = "ppchaos"
 
@@ -19,6 +19,8 @@ def make_broker(kind: str, workdir: str, host: str) -> Any:
     """A started broker of ``kind`` that listens on ``host``."""
     if kind == "activemq":
         return activemq.LocalActiveMQ(os.path.join(workdir, "activemq"), host=host).start()
+    if kind == "artemis":
+        return artemis.LocalArtemis(os.path.join(workdir, "artemis"), host=host).start()
     if kind == "rabbitmq":
         broker = rabbitmq.SystemRabbitMQ(host=host).ensure()
         return broker.add_user(RABBITMQ_USER, secrets.token_hex(12))
