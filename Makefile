@@ -5,9 +5,11 @@ PYTHON ?= python3
 deps:
 	bash scripts/install-deps.sh
 
-# Start a private ActiveMQ, the agent, submit a sample run, print what came back.
+# Start a private broker, the agent, submit a sample run, print what came back.
+# BROKER=activemq (ActiveMQ Classic from Debian, the default) or BROKER=artemis.
+BROKER ?= activemq
 demo: deps
-	$(PYTHON) -m postprocessing.devtools.demo
+	$(PYTHON) -m postprocessing.devtools.demo --broker $(BROKER)
 
 lint:
 	$(PYTHON) -m ruff check postprocessing tests bench

@@ -1,14 +1,18 @@
-"""Benchmark: start a private ActiveMQ and the agent, publish runs, print the figures.
+"""Benchmark: start a private broker and the agent, publish runs, print the figures.
 
-    python3 bench/bench_agent.py [--runs 200] [--json FILE]
+    python3 bench/bench_agent.py [--brokers activemq,artemis,rabbitmq] [--runs 200] [--json FILE]
+
+Each broker kind is measured in turn (ActiveMQ Classic, Artemis and a private RabbitMQ node)
+and the figures are printed side by side.
 
 Figures: the floors (a bare ``python3 -c pass`` spawn, a STOMP send->receive round
 trip, and a bare stomp.py relay that receives a message and sends one on, the two broker
 hops a dispatch makes, both back-to-back and at the dispatch figure's pace of one message
 per no-op run), dispatch overhead (DATA_READY sent -> STARTED received, p50/p95, no-op
 script, one run at a time), no-op throughput at max_procs 4, makespan and efficiency of 16
-one-second jobs at max_procs 4, memory-limit reaction time, and agent RSS idle and
-under load.  Targets are printed beside each figure; nothing here asserts.
+one-second jobs at max_procs 4, memory-limit reaction time, ping answer time while a
+long job runs, and agent RSS idle and under load.  Targets are printed beside each figure;
+nothing here asserts.
 """
 
 import argparse
@@ -29,6 +33,9 @@ import stomp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from postprocessing.devtools.activemq import LocalActiveMQ  # noqa: E402
+from postprocessing.devtools.artemis import LocalArtemis  # noqa: E402
+from postprocessing.devtools.rabbitmq_local import LocalRabbitMQ  # noqa: E402
+from postprocessing.transport.stomp import prefetch_headers  # noqa: E402
 from tests.support.agentproc import AgentProcess, queue_names  # noqa: E402
 from tests.support.client import Collector  # noqa: E402
 from tests.support.facility import Facility  # noqa: E402
@@ -60,7 +67,15 @@ def spawn_floor(n: int = 30) -> float:
     return statistics.median(times)
 
 
-def relay_floor(broker: LocalActiveMQ, client: Collector, n: int = 200, gap: float = 0.0) -> float:
+STARTERS = {"activemq": LocalActiveMQ, "artemis": LocalArtemis, "rabbitmq": LocalRabbitMQ}
+TITLES = {"activemq": "ActiveMQ Classic", "artemis": "Artemis", "rabbitmq": "RabbitMQ"}
+
+
+def vhost(broker: Any) -> Any:
+    return "/" if broker.kind == "rabbitmq" else None
+
+
+def relay_floor(broker: Any, client: Collector, n: int = 200, gap: float = 0.0) -> float:
     """DATA_READY -> STARTED with nothing in between: a client that only relays.
 
     ``gap`` idles the broker and both clients between messages, as the dispatch figure's
@@ -68,7 +83,7 @@ def relay_floor(broker: LocalActiveMQ, client: Collector, n: int = 200, gap: flo
     back-to-back messages never pay.
     """
     queue_in, out = "/queue/BENCH.RELAY%g.IN" % gap, "/queue/BENCH.RELAY%g.OUT" % gap
-    relay = stomp.Connection12([("127.0.0.1", broker.port)], auto_decode=False)
+    relay = stomp.Connection12([("127.0.0.1", broker.port)], auto_decode=False, vhost=vhost(broker))
 
     class Relay(stomp.ConnectionListener):  # type: ignore[misc]
         def on_message(self, frame: Any) -> None:
@@ -76,10 +91,9 @@ def relay_floor(broker: LocalActiveMQ, client: Collector, n: int = 200, gap: flo
             relay.ack(frame.headers["ack"])
 
     relay.set_listener("relay", Relay())
-    relay.connect("icat", "icat", wait=True)
+    relay.connect(broker.user, broker.password, wait=True)
     relay.transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    relay.subscribe(queue_in, id="relay", ack="client-individual",
-                    headers={"activemq.prefetchSize": "1"})
+    relay.subscribe(queue_in, id="relay", ack="client-individual", headers=prefetch_headers(broker.kind, 1))
     client.subscribe(out)
     times = []
     for i in range(n):
@@ -104,19 +118,40 @@ def stomp_floor(client: Collector, n: int = 200) -> float:
     return statistics.median(times)
 
 
+def ping_during_long_job(bench: "Bench", n: int = 10) -> List[float]:
+    """Seconds from a ping to the agent's answer, while the agent runs a long job."""
+    bench.facility.script("LONG", "import time\ntime.sleep(60)\n")
+    agent = bench.agent("ping", max_procs=1)
+    bench.send(agent, "LONG")
+    bench.client.wait(agent.q("reduction_started"), 1, timeout=30)
+    reply = "/topic/BENCH.PING.REPLY"
+    bench.client.subscribe(reply)
+    times = []
+    for i in range(n):
+        t0 = time.monotonic()
+        bench.client.send(agent.q("heartbeat_ping"), {"reply_to": reply, "ping_id": str(i)},
+                          headers={"persistent": "false"})
+        bench.client.wait(reply, i + 1, timeout=10)
+        times.append(bench.client.times[reply][i] - t0)
+        time.sleep(0.5)
+    agent.kill()
+    return times
+
+
 class Bench:
-    def __init__(self, workdir: str, broker: LocalActiveMQ) -> None:
+    def __init__(self, workdir: str, broker: Any) -> None:
         self.workdir = workdir
         self.broker = broker
         self.facility = Facility(os.path.join(workdir, "data"))
         os.makedirs(self.facility.root, exist_ok=True)
-        self.client = Collector(broker.port)
+        self.client = Collector(broker.port, broker.user, broker.password, vhost=vhost(broker))
         self.count = 0
         self.agents: List[AgentProcess] = []
 
     def agent(self, name: str, **overrides: Any) -> AgentProcess:
         cfg: Dict[str, Any] = {
-            "brokers": [["127.0.0.1", self.broker.port]], "amq_user": "icat", "amq_pwd": "icat",
+            "brokers": [["127.0.0.1", self.broker.port]], "amq_user": self.broker.user,
+            "amq_pwd": self.broker.password,
             "data_root": self.facility.root, "admission_max_load_per_cpu": 0, "admission_min_free_mem_perc": 0,
             "jobs_per_instrument": 0, "allow_root": True, "python_exec": sys.executable,
         }
@@ -142,11 +177,23 @@ class Bench:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--brokers", default="activemq,artemis,rabbitmq",
+                        help="comma-separated broker kinds to measure (default: all three)")
     parser.add_argument("--runs", type=int, default=200, help="no-op runs for the throughput figure")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
-    workdir = tempfile.mkdtemp(prefix="pp-bench-")
-    broker = LocalActiveMQ(os.path.join(workdir, "broker")).start()
+    results: Dict[str, Dict[str, float]] = {}
+    for kind in [k for k in args.brokers.split(",") if k]:
+        workdir = tempfile.mkdtemp(prefix="pp-bench-%s-" % kind)
+        print("bench: measuring on %s in %s" % (TITLES[kind], workdir), flush=True)
+        results[kind] = measure(STARTERS[kind](os.path.join(workdir, "broker")).start(), workdir, args.runs)
+    report(results)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=1)
+
+
+def measure(broker: Any, workdir: str, runs: int) -> Dict[str, float]:
     figures: Dict[str, float] = {}
     bench = Bench(workdir, broker)
     try:
@@ -182,10 +229,10 @@ def main() -> None:
         sampler.start()
         base = len(bench.client.get(complete))
         t0 = time.monotonic()
-        for _ in range(args.runs):
+        for _ in range(runs):
             bench.send(agent, "NOOP")
-        bench.client.wait(complete, base + args.runs, timeout=600)
-        figures["noop_runs_per_s"] = args.runs / (time.monotonic() - t0)
+        bench.client.wait(complete, base + runs, timeout=600)
+        figures["noop_runs_per_s"] = runs / (time.monotonic() - t0)
         stop.set()
         figures["rss_load_mb"] = peak_rss[0]
         agent.stop()
@@ -193,10 +240,10 @@ def main() -> None:
         bench.facility.script("TRUE", NOOP)
         agent = bench.agent("true", max_procs=4, python_exec="/bin/true")
         t0 = time.monotonic()
-        for _ in range(args.runs):
+        for _ in range(runs):
             bench.send(agent, "TRUE")
-        bench.client.wait(agent.q("reduction_complete"), args.runs, timeout=600)
-        figures["true_runs_per_s"] = args.runs / (time.monotonic() - t0)
+        bench.client.wait(agent.q("reduction_complete"), runs, timeout=600)
+        figures["true_runs_per_s"] = runs / (time.monotonic() - t0)
         agent.stop()
 
         bench.facility.script("SLEEP", SLEEP_1S)
@@ -236,41 +283,48 @@ def main() -> None:
         figures["memory_reaction_max_s"] = max(reactions)
         figures["memory_reaction_p50_s"] = statistics.median(reactions)
         agent.stop()
+
+        pings = ping_during_long_job(bench)
+        figures["ping_busy_p50_ms"] = statistics.median(pings) * 1000
+        figures["ping_busy_max_ms"] = max(pings) * 1000
     finally:
         bench.close()
-    report(figures)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(figures, handle, indent=1)
+    return figures
 
 
-def report(f: Dict[str, float]) -> None:
-    floor = max(f["floor_stomp_roundtrip_ms"], 0.001)
-    relay = max(f["floor_relay_ms"], 0.001)
-    paced = max(f["floor_relay_paced_ms"], 0.001)
-    rows = [
-        ("floor: python3 -c pass spawn", "%.1f ms" % f["floor_spawn_ms"], ""),
-        ("floor: STOMP send->receive", "%.2f ms (back-to-back)" % f["floor_stomp_roundtrip_ms"], ""),
-        ("floor: STOMP relay (2 hops)", "%.2f ms (back-to-back)" % f["floor_relay_ms"], ""),
-        ("  same, one every %.0f ms" % f["dispatch_cycle_ms"], "%.2f ms (the dispatch figure's cadence)" % paced, ""),
-        ("dispatch overhead p50", "%.2f ms (%.1fx paced relay; %.1fx relay, %.1fx round trip back-to-back)" % (
-            f["dispatch_p50_ms"], f["dispatch_p50_ms"] / paced, f["dispatch_p50_ms"] / relay,
-            f["dispatch_p50_ms"] / floor), "<= 3x floor"),
-        ("dispatch overhead p95", "%.2f ms" % f["dispatch_p95_ms"], ""),
-        ("no-op throughput, max_procs 4", "%.1f runs/s (python3 script)" % f["noop_runs_per_s"], ">= 30 runs/s"),
-        ("  same, job is /bin/true", "%.1f runs/s (the agent alone)" % f["true_runs_per_s"], ""),
-        ("16 x 1 s jobs, max_procs 4", "%.2f s makespan, %.1f%% efficiency (python3 sleep)" % (
-            f["makespan_16x1s_s"], f["efficiency_pct"]), ">= 90%"),
-        ("  same, job is sh: sleep 1", "%.2f s makespan, %.1f%% efficiency (the agent alone)" % (
-            f["makespan_16x1s_sh_s"], f["efficiency_sh_pct"]), ">= 90%"),
-        ("memory-limit reaction", "p50 %.2f s, max %.2f s" % (
-            f["memory_reaction_p50_s"], f["memory_reaction_max_s"]), "<= 1 s"),
-        ("agent RSS idle", "%.1f MB" % f["rss_idle_mb"], "<= 60 MB"),
-        ("agent RSS under load (peak)", "%.1f MB" % f["rss_load_mb"], ""),
-    ]
-    width = max(len(r[0]) for r in rows)
-    for name, value, target in rows:
-        print("%-*s  %-45s %s" % (width, name, value, target))
+#: (figure, target, how to print one broker's figures)
+ROWS = [
+    ("floor: python3 -c pass spawn", "", lambda f: "%.1f ms" % f["floor_spawn_ms"]),
+    ("floor: STOMP send->receive, back-to-back", "", lambda f: "%.2f ms" % f["floor_stomp_roundtrip_ms"]),
+    ("floor: STOMP relay (2 hops), back-to-back", "", lambda f: "%.2f ms" % f["floor_relay_ms"]),
+    ("floor: the relay at the dispatch cadence", "", lambda f: "%.2f ms (every %.0f ms)" % (
+        f["floor_relay_paced_ms"], f["dispatch_cycle_ms"])),
+    ("dispatch overhead p50", "<= 3x floor", lambda f: "%.2f ms = %.1fx paced, %.1fx b2b relay" % (
+        f["dispatch_p50_ms"], f["dispatch_p50_ms"] / max(f["floor_relay_paced_ms"], 0.001),
+        f["dispatch_p50_ms"] / max(f["floor_relay_ms"], 0.001))),
+    ("dispatch overhead p95", "", lambda f: "%.2f ms" % f["dispatch_p95_ms"]),
+    ("no-op throughput, max_procs 4, python3", ">= 30 runs/s", lambda f: "%.1f runs/s" % f["noop_runs_per_s"]),
+    ("  same, job is /bin/true (agent alone)", "", lambda f: "%.1f runs/s" % f["true_runs_per_s"]),
+    ("16 x 1 s jobs, max_procs 4, python3", ">= 90%", lambda f: "%.2f s, %.1f%%" % (
+        f["makespan_16x1s_s"], f["efficiency_pct"])),
+    ("  same, sh: sleep 1 (agent alone)", ">= 90%", lambda f: "%.2f s, %.1f%%" % (
+        f["makespan_16x1s_sh_s"], f["efficiency_sh_pct"])),
+    ("memory-limit reaction p50 / max", "<= 1 s", lambda f: "%.2f / %.2f s" % (
+        f["memory_reaction_p50_s"], f["memory_reaction_max_s"])),
+    ("ping answer during a long job p50 / max", "", lambda f: "%.1f / %.1f ms" % (
+        f["ping_busy_p50_ms"], f["ping_busy_max_ms"])),
+    ("agent RSS idle", "<= 60 MB", lambda f: "%.1f MB" % f["rss_idle_mb"]),
+    ("agent RSS under load (peak)", "", lambda f: "%.1f MB" % f["rss_load_mb"]),
+]
+
+
+def report(results: Dict[str, Dict[str, float]]) -> None:
+    """One row per figure, one column per broker, the target last (a Markdown table)."""
+    kinds = list(results)
+    print("| figure | %s | target |" % " | ".join(TITLES[k] for k in kinds))
+    print("| --- |%s --- |" % (" --- |" * len(kinds)))
+    for name, target, show in ROWS:
+        print("| %s | %s | %s |" % (name, " | ".join(show(results[k]) for k in kinds), target))
 
 
 if __name__ == "__main__":

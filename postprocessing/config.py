@@ -71,7 +71,7 @@ class Config:
     brokers: Tuple[Tuple[str, int], ...] = (("localhost", 61613),)
     amq_user: str = ""
     amq_pwd: str = dataclasses.field(default="", repr=False)
-    broker_type: str = "activemq"
+    broker_type: str = "auto"
     stomp_vhost: str = ""
     allow_root: bool = False
     umask: str = "022"
@@ -131,6 +131,8 @@ class Config:
     test_data_ready: str = "REDUCTION.TESTPROCESSOR.DATA_READY"
     # reduction scripts
     script_backup_count: int = 5
+    #: Broker users (as the broker validates them) whose CREATE_SCRIPT requests are obeyed.
+    create_script_users: Tuple[str, ...] = ()
     # facility layout
     data_root: str = "/"
     facility: str = "SNS"
@@ -169,7 +171,8 @@ class Config:
     stage_output: bool = False
     # operations: classic daemon, dead letters, metrics
     pid_file: str = "/opt/postprocessing/postprocessing.pid"
-    dead_letter_queue: str = "ActiveMQ.DLQ"
+    #: "" means the broker's own: ActiveMQ.DLQ on ActiveMQ Classic, DLQ on Artemis.
+    dead_letter_queue: str = ""
     metrics_port: int = 0
     metrics_address: str = "0.0.0.0"
 
@@ -291,8 +294,8 @@ def _validate(cfg: Config) -> None:
         url_key = _URL_KEYS.get(name)
         if url_key and not getattr(cfg, url_key):
             raise ConfigError(url_key, "must be set: processor %r is listed" % name)
-    if cfg.broker_type not in ("activemq", "rabbitmq"):
-        raise ConfigError("broker_type", "must be 'activemq' or 'rabbitmq'")
+    if cfg.broker_type not in ("auto", "activemq", "artemis", "rabbitmq"):
+        raise ConfigError("broker_type", "must be 'auto', 'activemq', 'artemis' or 'rabbitmq'")
     if logging.getLevelName(cfg.log_level.upper()) not in (10, 20, 30, 40, 50):
         raise ConfigError("log_level", "unknown level %r" % cfg.log_level)
     if not os.path.isabs(cfg.data_root):

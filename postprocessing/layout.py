@@ -8,6 +8,7 @@ import re
 import stat
 from typing import List, Optional, Tuple
 
+from postprocessing import safefiles
 from postprocessing.config import Config
 
 _NEXUS = re.compile(r"([^/]+)/([^/]+)/([^/]+)/nexus/([^/]+)_([0-9]+)\.nxs\.h5")
@@ -66,10 +67,12 @@ def parse_run_data_file(cfg: Config, path: str) -> Optional[Tuple[str, str, str,
 
 
 def within_root(cfg: Config, path: str) -> bool:
-    """Whether ``path`` resolves to a place under ``data_root``."""
-    root = os.path.realpath(cfg.data_root)
-    real = os.path.realpath(path)
-    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+    """Whether ``path``, taken literally (``..`` resolved, links not), is under ``data_root``.
+
+    Links on the way are judged when the path is opened (:mod:`postprocessing.safefiles`)."""
+    root = os.path.normpath(os.path.abspath(cfg.data_root))
+    full = os.path.normpath(os.path.abspath(path))
+    return full == root or full.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def check_readable(cfg: Config, path: str) -> Optional[str]:
@@ -78,7 +81,9 @@ def check_readable(cfg: Config, path: str) -> Optional[str]:
         return "Data file is outside the data root: %s" % path
     try:
         # Non-blocking: opening a FIFO for reading would otherwise wait for a writer, forever.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fd = safefiles.open_read(path, cfg.data_root, os.O_NONBLOCK)
+    except safefiles.UnsafePath as err:
+        return "Data file is behind an untrusted link: %s" % err
     except FileNotFoundError:
         return "Data file not found: %s" % path
     except PermissionError:

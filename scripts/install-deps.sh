@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the demo and the tests need on a fresh Debian machine (run as root):
-# Java and ActiveMQ Classic, RabbitMQ, rpmbuild, systemd-analyze, PostgreSQL, and the Python
-# package with its test extras.  Safe to run again: it installs only what is missing.
+# Java and ActiveMQ Classic, ActiveMQ Artemis (from Maven Central, with Maven), RabbitMQ,
+# rpmbuild, systemd-analyze, PostgreSQL, and the Python package with its test extras.
+# Safe to run again: it installs only what is missing.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
@@ -11,10 +12,25 @@ command -v rpmbuild >/dev/null 2>&1 || need+=(rpm)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
 command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
+command -v mvn >/dev/null 2>&1 || need+=(maven)
 if [ ${#need[@]} -gt 0 ]; then
     echo "install-deps: installing ${need[*]}"
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# ActiveMQ Artemis: the binary distribution from Maven Central, kept in Maven's local
+# repository (~/.m2) and unpacked under /opt/artemis, where postprocessing.devtools looks.
+ARTEMIS_VERSION=2.40.0
+ARTEMIS_ROOT=${PP_ARTEMIS_ROOT:-/opt/artemis}
+if [ ! -x "$ARTEMIS_ROOT/apache-artemis-$ARTEMIS_VERSION/bin/artemis" ]; then
+    echo "install-deps: fetching apache-artemis $ARTEMIS_VERSION from Maven Central"
+    tmp=$(mktemp -d)
+    mvn -q -B dependency:copy -Dartifact="org.apache.activemq:apache-artemis:$ARTEMIS_VERSION:tar.gz:bin" \
+        -DoutputDirectory="$tmp"
+    mkdir -p "$ARTEMIS_ROOT"
+    tar -xzf "$tmp/apache-artemis-$ARTEMIS_VERSION-bin.tar.gz" -C "$ARTEMIS_ROOT"
+    rm -rf "$tmp"
 fi
 
 # PostgreSQL: a running cluster and a superuser role for the current user.

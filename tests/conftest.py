@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
-from postprocessing.devtools import activemq, rabbitmq
+from postprocessing.devtools import activemq, artemis, rabbitmq, rabbitmq_local
 from tests.support import reliability
 from tests.support.agentproc import AgentProcess, queue_names
 from tests.support.client import Collector
@@ -22,9 +22,9 @@ _counter = itertools.count(1)
 
 def _broker_unavailable(reason: str) -> None:
     if os.environ.get("CI"):
-        pytest.fail("CI is set and the ActiveMQ broker cannot run: %s" % reason, pytrace=False)
+        pytest.fail("CI is set and a test broker cannot run: %s" % reason, pytrace=False)
     warnings.warn("SKIPPING broker tests: %s" % reason, stacklevel=2)
-    pytest.skip("NO BROKER: %s (install Debian's activemq package; under CI=true this fails)" % reason)
+    pytest.skip("NO BROKER: %s (run scripts/install-deps.sh; under CI=true this fails)" % reason)
 
 
 def start_broker(workdir: str, **kwargs: Any) -> activemq.LocalActiveMQ:
@@ -38,17 +38,43 @@ def start_broker(workdir: str, **kwargs: Any) -> activemq.LocalActiveMQ:
         raise
 
 
-BROKERS = [b for b in os.environ.get("PP_TEST_BROKERS", "activemq,rabbitmq").split(",") if b]
+def start_artemis(workdir: str, **kwargs: Any) -> artemis.LocalArtemis:
+    if not artemis.available():
+        _broker_unavailable("java or an Artemis distribution under %s is missing (scripts/install-deps.sh)"
+                            % artemis.ARTEMIS_ROOT)
+    broker = artemis.LocalArtemis(workdir, **kwargs)
+    try:
+        return broker.start()
+    except RuntimeError as err:
+        _broker_unavailable(str(err))
+        raise
+
+
+def start_rabbitmq(workdir: str, **kwargs: Any) -> rabbitmq_local.LocalRabbitMQ:
+    if not rabbitmq_local.available():
+        _broker_unavailable("rabbitmq-server or erl is missing")
+    broker = rabbitmq_local.LocalRabbitMQ(workdir, **kwargs)
+    try:
+        return broker.start()
+    except RuntimeError as err:
+        _broker_unavailable(str(err))
+        raise
+
+
+_STARTERS = {"activemq": start_broker, "artemis": start_artemis, "rabbitmq": start_rabbitmq}
+
+BROKERS = [b for b in os.environ.get("PP_TEST_BROKERS", "activemq,artemis,rabbitmq").split(",") if b]
+_ONLY = ("activemq_only", "artemis_only", "rabbitmq_only")
 
 
 def pytest_collection_modifyitems(config: Any, items: List[Any]) -> None:
-    """Tests marked ``activemq_only`` or ``rabbitmq_only`` run against that broker only."""
+    """A test marked ``<kind>_only`` runs against that broker kind only."""
     keep, drop = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
         kind = callspec.params.get("broker") if callspec else None
-        other = {"rabbitmq": "activemq_only", "activemq": "rabbitmq_only"}.get(kind or "")
-        (drop if other and item.get_closest_marker(other) else keep).append(item)
+        others = [m for m in _ONLY if m != "%s_only" % kind] if kind else []
+        (drop if any(item.get_closest_marker(m) for m in others) else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
@@ -56,7 +82,7 @@ def pytest_collection_modifyitems(config: Any, items: List[Any]) -> None:
 
 @pytest.fixture(scope="session", params=BROKERS)
 def broker(request: Any) -> Iterator[Any]:
-    """Each broker test runs against ActiveMQ Classic and against RabbitMQ's STOMP plugin."""
+    """Each broker test runs against ActiveMQ Classic, ActiveMQ Artemis and RabbitMQ's STOMP plugin."""
     if request.param == "rabbitmq":
         try:
             system = rabbitmq.SystemRabbitMQ().ensure()
@@ -65,9 +91,24 @@ def broker(request: Any) -> Iterator[Any]:
         yield system
         return
     workdir = tempfile.mkdtemp(prefix="pp-broker-")
-    b = start_broker(workdir)
+    b: Any = start_artemis(workdir) if request.param == "artemis" else start_broker(workdir)
     yield b
     b.stop()
+
+
+@pytest.fixture
+def private_broker(broker: Any, tmp_path: Any) -> Iterator[Callable[..., Any]]:
+    """Start brokers of the session broker's kind that the test owns: it may kill and restart them."""
+    started: List[Any] = []
+
+    def start(name: str = "broker", **kwargs: Any) -> Any:
+        b = _STARTERS[broker.kind](str(tmp_path / name), **kwargs)
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        b.kill()
 
 
 @pytest.fixture
@@ -79,9 +120,14 @@ def facility(tmp_path: Any) -> Facility:
 
 @pytest.fixture
 def client(broker: Any) -> Iterator[Collector]:
-    c = Collector(broker.port, broker.user, broker.password, vhost="/" if broker.kind == "rabbitmq" else None)
+    c = collector(broker)
     yield c
     c.close()
+
+
+def collector(broker: Any) -> Collector:
+    """A test client of ``broker``."""
+    return Collector(broker.port, broker.user, broker.password, vhost="/" if broker.kind == "rabbitmq" else None)
 
 
 def base_config(broker: Any, facility: Facility, prefix: str) -> Dict[str, Any]:
@@ -106,11 +152,9 @@ def make_agent(broker: Any, facility: Facility, tmp_path: Any,
     prefix = "T%d_%d" % (os.getpid(), next(_counter))
     agents: List[AgentProcess] = []
 
-    def make(name: str = "agent", broker_port: int = 0, **overrides: Any) -> AgentProcess:
-        cfg = base_config(broker, facility, prefix)
-        if broker_port:
-            cfg["brokers"] = [["127.0.0.1", broker_port]]
-            cfg.update(amq_user="icat", amq_pwd="icat", broker_type="activemq")
+    def make(name: str = "agent", on: Any = None, **overrides: Any) -> AgentProcess:
+        """``on``: another broker (from ``private_broker``) for this agent."""
+        cfg = base_config(on or broker, facility, prefix)
         cfg.update(overrides)
         agent = AgentProcess(str(tmp_path), cfg, name=name)
         if not agents:

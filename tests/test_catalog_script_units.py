@@ -59,8 +59,8 @@ def test_template_values_decode_strings_only():
 
 
 def test_parameter_log_header_once(tmp_path):
-    log_parameters(str(tmp_path), {"b": "2", "a": "x\ny"})
-    log_parameters(str(tmp_path), {"b": "3\t4", "a": "z"})
+    log_parameters(str(tmp_path), {"b": "2", "a": "x\ny"}, str(tmp_path))
+    log_parameters(str(tmp_path), {"b": "3\t4", "a": "z"}, str(tmp_path))
     lines = (tmp_path / "reduction_parameters.txt").read_text().splitlines()
     assert lines[0] == "time\ta\tb"
     assert [line.split("\t")[1:] for line in lines[1:]] == [["x; y", "2"], ["z", "3 4"]]

@@ -23,6 +23,7 @@ def status_topic(agent, instrument):
 def start_agent(make_agent, client):
     """Start an agent; the client hears the status topics of the instruments named."""
     def start(instruments=("CNCS",), **overrides):
+        overrides.setdefault("create_script_users", [client.user])
         agent = make_agent(**overrides)
         client.subscribe(*(status_topic(agent, inst) for inst in instruments))
         return agent.start()
@@ -52,7 +53,7 @@ def test_template_is_filled(start_agent, facility, client):
     agent = start_agent()
     body = request(mask=quote_plus("1-8, 'x' & y/z"), e_min="-0.95", n=3)
     body["template_data"]["use_default"] = False
-    client.send(agent.q("create_reduction_script"), body)
+    client.send_vouched(agent.q("create_reduction_script"), body)
 
     status = client.wait(status_topic(agent, "CNCS"))[0]
     assert status["status"] == "Created CNCS reduction script"
@@ -69,7 +70,7 @@ def test_values_are_data_and_never_evaluated(start_agent, facility, client, tmp_
     agent = start_agent()
     marker = tmp_path / "evaluated"
     body = request(a="${b}", b="__import__('os').system('touch %s')" % marker, c="$(touch %s)" % marker)
-    client.send(agent.q("create_reduction_script"), body)
+    client.send_vouched(agent.q("create_reduction_script"), body)
     assert client.wait(status_topic(agent, "CNCS"))[0]["status"] == "Created CNCS reduction script"
     script = read(os.path.join(facility.instrument_dir("CNCS"), "reduce_CNCS.py"))
     assert script == "a = '''${b}'''\nb = '''%s'''\nc = '''%s'''\n" % (body["template_data"]["b"],
@@ -78,16 +79,17 @@ def test_values_are_data_and_never_evaluated(start_agent, facility, client, tmp_
 
 
 def test_url_encoded_values_and_the_parameter_log(start_agent, facility, client):
-    facility.script("CNCS", "x = '$x'\ny = '$y'\n", name="reduce_CNCS.py.template")
+    facility.script("CNCS", "x = '$x'\ny = '$y'\n# postprocessing: multiline x\n", name="reduce_CNCS.py.template")
     agent = start_agent()
     topic = status_topic(agent, "CNCS")
-    client.send(agent.q("create_reduction_script"), request(y=quote_plus("a+b c/d%"), x="plus+is+space"))
+    client.send_vouched(agent.q("create_reduction_script"), request(y=quote_plus("a+b c/d%"), x="plus+is+space"))
     client.wait(topic, 1)
-    client.send(agent.q("create_reduction_script"), request(x=quote_plus("line1\nline2\r\nline3"), y="2"))
+    client.send_vouched(agent.q("create_reduction_script"), request(x=quote_plus("line1\nline2\r\nline3"), y="2"))
     assert [s["status"] for s in client.wait(topic, 2)] == ["Created CNCS reduction script"] * 2
 
     directory = facility.instrument_dir("CNCS")
-    assert read(os.path.join(directory, "reduce_CNCS.py")) == "x = 'line1\nline2\r\nline3'\ny = '2'\n"
+    assert read(os.path.join(directory, "reduce_CNCS.py")) == ("x = 'line1\nline2\r\nline3'\ny = '2'\n"
+                                                              "# postprocessing: multiline x\n")
     lines = read(os.path.join(directory, "reduction_parameters.txt")).splitlines()
     assert len(lines) == 3
     assert lines[0] == "time\tx\ty"
@@ -102,7 +104,7 @@ def test_missing_arguments_are_named_and_nothing_is_written(start_agent, facilit
     directory = facility.instrument_dir("CNCS")
     before = listing(directory)
     agent = start_agent()
-    client.send(agent.q("create_reduction_script"), request(a="1"))
+    client.send_vouched(agent.q("create_reduction_script"), request(a="1"))
     status = client.wait(status_topic(agent, "CNCS"))[0]
     assert status["status"] == "Error creating CNCS reduction script: missing template arguments: b, c"
     assert read(old) == "old = True\n"
@@ -112,7 +114,7 @@ def test_missing_arguments_are_named_and_nothing_is_written(start_agent, facilit
 def test_missing_template(start_agent, facility, client):
     old = facility.script("CNCS", "old = True\n")
     agent = start_agent()
-    client.send(agent.q("create_reduction_script"), request(a="1"))
+    client.send_vouched(agent.q("create_reduction_script"), request(a="1"))
     assert client.wait(status_topic(agent, "CNCS"))[0]["status"] == "Missing CNCS reduction template"
     assert read(old) == "old = True\n"
     assert listing(facility.instrument_dir("CNCS")) == ["reduce_CNCS.py"]
@@ -123,8 +125,8 @@ def test_default_script_is_installed_over_the_current_one(start_agent, facility,
     facility.script("CNCS", "mine = True\n")
     facility.script("SEQ", "mine = True\n")
     agent = start_agent(instruments=("CNCS", "SEQ"))
-    client.send(agent.q("create_reduction_script"), request(use_default=True))
-    client.send(agent.q("create_reduction_script"), request("SEQ", use_default=True))
+    client.send_vouched(agent.q("create_reduction_script"), request(use_default=True))
+    client.send_vouched(agent.q("create_reduction_script"), request("SEQ", use_default=True))
 
     assert client.wait(status_topic(agent, "CNCS"))[0]["status"] == "Installed default CNCS script"
     directory = facility.instrument_dir("CNCS")
@@ -141,7 +143,7 @@ def test_default_script_is_installed_over_the_current_one(start_agent, facility,
 
 def test_missing_directory(start_agent, facility, client):
     agent = start_agent(instruments=("HYSPEC",))
-    client.send(agent.q("create_reduction_script"), request("hyspec", a="1"))
+    client.send_vouched(agent.q("create_reduction_script"), request("hyspec", a="1"))
     status = client.wait(status_topic(agent, "HYSPEC"))[0]
     directory = facility.instrument_dir("HYSPEC")
     assert status["status"] == "Error creating HYSPEC reduction script: no directory %s" % directory
@@ -155,7 +157,7 @@ def test_backups_keep_the_newest_few(start_agent, facility, client):
     agent = start_agent(script_backup_count=3)
     topic = status_topic(agent, "CNCS")
     for version in range(1, 6):
-        client.send(agent.q("create_reduction_script"), request(v=str(version)))
+        client.send_vouched(agent.q("create_reduction_script"), request(v=str(version)))
         client.wait(topic, version)
     directory = facility.instrument_dir("CNCS")
     backups = [name for name in listing(directory) if BACKUP.fullmatch(name)]
@@ -191,7 +193,7 @@ def test_script_is_replaced_atomically(start_agent, facility, client):
     inodes = [os.stat(old).st_ino]
     try:
         for version in range(8):
-            client.send(agent.q("create_reduction_script"), request(v=str(version)))
+            client.send_vouched(agent.q("create_reduction_script"), request(v=str(version)))
             client.wait(topic, version + 1)
             inodes.append(os.stat(old).st_ino)
     finally:
@@ -215,7 +217,7 @@ def test_bad_instrument_names_are_rejected(start_agent, facility, client):
     tricks.append({"template_data": {"v": "1"}})
     tricks.append(dict(good, facility="../SNS"))
     for body in tricks:
-        client.send(agent.q("create_reduction_script"), body)
+        client.send_vouched(agent.q("create_reduction_script"), body)
     errors = client.wait(agent.q("postprocess_error"), len(tricks))
     assert all(e["error"] == "Instrument is missing" or "is not a plain name" in e["error"] for e in errors)
     assert sum(e["error"] == "Instrument is missing" for e in errors) == 2
@@ -229,9 +231,9 @@ def test_bad_request_fields_give_status_errors(start_agent, facility, client):
     facility.script("CNCS", "v = $v\n", name="reduce_CNCS.py.template")
     facility.script("SEQ", "v = $\n", name="reduce_SEQ.py.template")
     agent = start_agent(instruments=("CNCS", "SEQ"))
-    client.send(agent.q("create_reduction_script"), dict(request(), template_data="v=1"))
-    client.send(agent.q("create_reduction_script"), dict(request(v="1"), use_default="yes"))
-    client.send(agent.q("create_reduction_script"), request("SEQ", v="1"))
+    client.send_vouched(agent.q("create_reduction_script"), dict(request(), template_data="v=1"))
+    client.send_vouched(agent.q("create_reduction_script"), dict(request(v="1"), use_default="yes"))
+    client.send_vouched(agent.q("create_reduction_script"), request("SEQ", v="1"))
     statuses = [s["status"] for s in client.wait(status_topic(agent, "CNCS"), 2)]
     assert sorted(statuses) == ["Error creating CNCS reduction script: template_data is not a JSON object",
                                 "Error creating CNCS reduction script: use_default is not true or false: 'yes'"]
@@ -243,16 +245,16 @@ def test_bad_request_fields_give_status_errors(start_agent, facility, client):
 
 def test_request_is_acked_once_its_status_is_sent(make_agent, facility, client):
     facility.script("CNCS", "v = $v\n", name="reduce_CNCS.py.template")
-    first = make_agent(name="first")
+    first = make_agent(name="first", create_script_users=[client.user])
     topic = status_topic(first, "CNCS")
     client.subscribe(topic)
     first.start()
-    client.send(first.q("create_reduction_script"), request(v="1"))
+    client.send_vouched(first.q("create_reduction_script"), request(v="1"))
     client.wait(topic, 1)
     assert first.stop() == 0
 
-    second = make_agent(name="second").start()
-    client.send(second.q("create_reduction_script"), request(v="2"))
+    second = make_agent(name="second", create_script_users=[client.user]).start()
+    client.send_vouched(second.q("create_reduction_script"), request(v="2"))
     statuses = client.wait(topic, 2)
     assert [s["template_data"]["v"] for s in statuses] == ["1", "2"]
     assert read(os.path.join(facility.instrument_dir("CNCS"), "reduce_CNCS.py")) == "v = 2\n"

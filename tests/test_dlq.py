@@ -133,25 +133,58 @@ def test_purge_writes_the_file_first(conf, filled, tmp_path):
     assert "0 messages in" in run_cli(conf, "dlq", "list").stdout
 
 
-@pytest.mark.activemq_only
-def test_nacked_persistent_messages_reach_activemq_dlq(broker, tmp_path, names):
-    """The broker's own path: a NACKed persistent message lands in ActiveMQ.DLQ."""
-    conf = write_config(str(tmp_path / "default.conf"), broker_config(broker))
-    for run in (11, 12):
-        queues.send(broker, names["reduce"], run_message("HYS", run))
+def deliver_and_give_up(broker, destination, count, nack):
+    """Take ``count`` messages un-acked, then NACK them (ActiveMQ) or drop the connection (Artemis)."""
     conn, listener = queues.connect(broker)
-    conn.subscribe(names["reduce"], id="n", ack="client-individual")
-    deadline = time.monotonic() + 30
+    conn.subscribe(destination, id="n", ack="client-individual")
     with listener.cond:
-        listener.cond.wait_for(lambda: len(listener.messages) >= 2, timeout=max(0, deadline - time.monotonic()))
-    for headers, _ in listener.messages:
-        conn.nack(headers["ack"])
-    time.sleep(0.5)
+        assert listener.cond.wait_for(lambda: len(listener.messages) >= count, timeout=30), listener.messages
+    if nack:
+        for headers, _ in listener.messages:
+            conn.nack(headers["ack"])
+        time.sleep(0.5)
     try:
         conn.disconnect()
     except stomp.exception.StompException:
         pass
 
+
+@pytest.mark.activemq_only
+def test_nacked_persistent_messages_reach_activemq_dlq(broker, tmp_path, names):
+    """The broker's own path: a NACKed persistent message lands in ActiveMQ.DLQ."""
+    for run in (11, 12):
+        queues.send(broker, names["reduce"], run_message("HYS", run))
+    deliver_and_give_up(broker, names["reduce"], 2, nack=True)
+    check_broker_dead_letters(broker, tmp_path, names)
+
+
+@pytest.mark.artemis_only
+def test_artemis_dead_letters_after_max_delivery_attempts(private_broker, tmp_path, names):
+    """Artemis moves a message to DLQ (with _AMQ_ORIG_ADDRESS) after max-delivery-attempts; a
+    dropped connection counts as an attempt.  The tool finds DLQ without configuration."""
+    broker = private_broker(max_delivery_attempts=2)
+    for run in (11, 12):
+        queues.send(broker, names["reduce"], run_message("HYS", run))
+    delivered = [deliver_and_drop(broker, names["reduce"]) for _attempt in range(2)]
+    while delivered[-1] and len(delivered) < 6:
+        delivered.append(deliver_and_drop(broker, names["reduce"]))
+    assert delivered[:2] == [2, 2] and delivered[-1] == 0, delivered
+    check_broker_dead_letters(broker, tmp_path, names)
+
+
+def deliver_and_drop(broker, destination):
+    """Take what the queue gives within 3 s un-acked, then drop the connection; how many came."""
+    conn, listener = queues.connect(broker)
+    conn.subscribe(destination, id="n", ack="client-individual")
+    time.sleep(3)
+    with listener.cond:
+        count = len(listener.messages)
+    conn.disconnect()
+    return count
+
+
+def check_broker_dead_letters(broker, tmp_path, names):
+    conf = write_config(str(tmp_path / "default.conf"), broker_config(broker))
     proc = run_cli(conf, "dlq", "list", "--json")
     groups = [g for g in json.loads(proc.stdout)["groups"] if g["original_destination"] == names["reduce"]]
     assert sorted((g["instrument"], g["run"], g["count"]) for g in groups) == [("HYS", "11", 1), ("HYS", "12", 1)]
@@ -173,3 +206,29 @@ def test_dlq_errors_are_clear(tmp_path):
     proc = run_cli(path, "dlq")
     assert proc.returncode == 2
     assert_no_traceback(proc)
+
+
+def test_more_than_a_thousand_dead_letters(conf, broker, names, tmp_path):
+    """list, show, reinject and purge read and settle 1,200 messages in one go."""
+    total = 1200
+    queues.send_many(broker, "/queue/" + names["dlq"], [run_message("CNCS", run) for run in range(1, total + 1)],
+                     headers={"original-destination": names["reduce"]})
+    listing = json.loads(run_cli(conf, "dlq", "list", "--json").stdout)
+    assert listing["count"] == total
+    assert sum(g["count"] for g in listing["groups"]) == total
+
+    proc = run_cli(conf, "dlq", "show", "--runs", "1000-1009")
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("10 messages shown")
+
+    proc = run_cli(conf, "dlq", "reinject", "--runs", "1-700")
+    assert_no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    assert "dlq reinject: 700 of 700 selected messages sent back" in proc.stdout
+    back = queues.take(broker, names["reduce"], 700, timeout=60)
+    assert sorted(int(body["run_number"]) for _, body in back) == list(range(1, 701))
+
+    proc = run_cli(conf, "dlq", "purge", "--all", "--yes", "--output", str(tmp_path / "purged.jsonl"))
+    assert proc.returncode == 0, proc.stderr
+    assert "removed 500 messages" in proc.stdout
+    assert len((tmp_path / "purged.jsonl").read_text().splitlines()) == 500
+    assert json.loads(run_cli(conf, "dlq", "list", "--json").stdout)["count"] == 0

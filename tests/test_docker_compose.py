@@ -6,6 +6,7 @@ reduction script reduces the demo runs, and the ONCat launcher serves the stand-
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from postprocessing import config as config_mod
+from postprocessing.devtools import artemis
 from postprocessing.devtools.activemq import free_port
 from tests.support.agentproc import ROOT
 
@@ -74,11 +76,18 @@ def test_every_mounted_file_exists(compose):
                 assert os.path.exists(os.path.join(ROOT, source)), source
 
 
+def with_defaults(text):
+    """broker.xml as the image runs it: every ``${property:default}`` replaced by its default."""
+    return re.sub(r"\$\{[^}:]+:([^}]*)\}", r"\1", text)
+
+
 def test_broker_config_maps_queue_and_topic_prefixes(compose):
     [(source, target, _)] = mounts(compose["services"]["broker"])
     assert target == "/var/lib/artemis-instance/etc-override/broker.xml"
+    assert os.path.samefile(host_path(source), artemis.BROKER_XML), "compose runs the file the tests run"
     ns = {"c": "urn:activemq:core"}
-    core = ET.parse(host_path(source)).getroot().find("c:core", ns)
+    with open(host_path(source), encoding="utf-8") as handle:
+        core = ET.fromstring(with_defaults(handle.read())).find("c:core", ns)
     acceptors = {a.get("name"): a.text for a in core.findall("c:acceptors/c:acceptor", ns)}
     stomp = acceptors["stomp"]
     assert stomp.startswith("tcp://0.0.0.0:61613?")
@@ -88,6 +97,9 @@ def test_broker_config_maps_queue_and_topic_prefixes(compose):
     roles = {p.get("roles") for p in core.findall("c:security-settings/c:security-setting/c:permission", ns)}
     assert roles == {"amq"}, "artemis create gives ARTEMIS_USER the role amq"
     assert core.find("c:address-settings/c:address-setting/c:dead-letter-address", ns).text == "DLQ"
+    assert core.find("c:address-settings/c:address-setting/c:default-address-routing-type", ns).text == "ANYCAST"
+    assert core.find("c:populate-validated-user", ns).text == "true"
+    assert core.find("c:ha-policy/c:shared-store/c:primary", ns) is not None
 
 
 def test_agent_config_matches_the_stack(compose):

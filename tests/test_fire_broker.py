@@ -7,19 +7,24 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import start_broker
-from tests.support.client import Collector
+from tests.conftest import collector
 from tests.test_agent_e2e import timed_script
 
-pytestmark = [pytest.mark.broker, pytest.mark.fire, pytest.mark.activemq_only]
+pytestmark = [pytest.mark.broker, pytest.mark.fire]
 
 OUTCOMES = ("reduction_started", "reduction_complete", "reduction_error", "postprocess_error")
+NAMES = {"activemq": "ActiveMQ Classic", "artemis": "Artemis", "rabbitmq": "RabbitMQ"}
 
 
-def watch(port, agent):
-    collector = Collector(port)
-    collector.subscribe(*(agent.q(k) for k in OUTCOMES))
-    return collector
+def watch(broker, agent):
+    c = collector(broker)
+    c.subscribe(*(agent.q(k) for k in OUTCOMES))
+    return c
+
+
+def row(name, broker):
+    """Reliability rows are per broker kind; ActiveMQ Classic keeps the plain name."""
+    return name if broker.kind == "activemq" else "%s_%s" % (name, broker.kind)
 
 
 def counts(collectors, agent, key):
@@ -40,15 +45,15 @@ def wait_for_runs(collectors, agent, runs, timeout=90.0):
     raise AssertionError("runs never completed: %s" % sorted(missing))
 
 
-def test_failover_to_the_second_broker_and_back(make_agent, facility, tmp_path, reliability_rows):
-    first = start_broker(str(tmp_path / "first"))
-    second = start_broker(str(tmp_path / "second"))
+def test_failover_to_the_second_broker_and_back(make_agent, facility, private_broker, reliability_rows):
+    first = private_broker("first")
+    second = private_broker("second")
     try:
         facility.script("CNCS", timed_script(1.0))
-        agent = make_agent(max_procs=2, jobs_per_instrument=0, failback_interval_sec=2,
+        agent = make_agent(on=first, max_procs=2, jobs_per_instrument=0, failback_interval_sec=2,
                            brokers=[["127.0.0.1", first.port], ["127.0.0.1", second.port]]).start()
-        on_first = watch(first.port, agent)
-        on_second = watch(second.port, agent)
+        on_first = watch(first, agent)
+        on_second = watch(second, agent)
         for run in range(1, 11):
             on_first.send(agent.q("reduction_data_ready"), facility.run("CNCS", "IPTS-1", run))
         on_first.wait(agent.q("reduction_complete"), 2, timeout=30)
@@ -65,10 +70,11 @@ def test_failover_to_the_second_broker_and_back(make_agent, facility, tmp_path, 
         complete = counts([on_first, on_second], agent, "reduction_complete")
         duplicates = sum(n - 1 for n in complete.values())
         assert not counts([on_first, on_second], agent, "reduction_error")
+        assert duplicates == 0, complete
         reliability_rows.record(
-            "failover_and_failback",
-            "two ActiveMQ brokers; 10 one-second runs sent to the first, which was SIGKILLed after 2 completed; "
-            "6 runs sent to the second; the first restarted",
+            row("failover_and_failback", first),
+            "two %s brokers; 10 one-second runs sent to the first, which was SIGKILLed after 2 completed; "
+            "6 runs sent to the second; the first restarted" % NAMES[first.kind],
             "16 of 16 runs completed, %d duplicate COMPLETEs; agent failed back to the first broker" % duplicates)
         on_first.close()
         on_second.close()
@@ -77,12 +83,12 @@ def test_failover_to_the_second_broker_and_back(make_agent, facility, tmp_path, 
         second.kill()
 
 
-def test_broker_restart_mid_burst(make_agent, facility, tmp_path, reliability_rows):
-    broker = start_broker(str(tmp_path / "broker"))
+def test_broker_restart_mid_burst(make_agent, facility, private_broker, reliability_rows):
+    broker = private_broker()
     try:
         facility.script("CNCS", timed_script(1.0))
-        agent = make_agent(broker_port=broker.port, max_procs=4, jobs_per_instrument=0).start()
-        watcher = watch(broker.port, agent)
+        agent = make_agent(on=broker, max_procs=4, jobs_per_instrument=0).start()
+        watcher = watch(broker, agent)
         for run in range(1, 21):
             watcher.send(agent.q("reduction_data_ready"), facility.run("CNCS", "IPTS-1", run))
         watcher.wait(agent.q("reduction_complete"), 4, timeout=30)
@@ -97,10 +103,11 @@ def test_broker_restart_mid_burst(make_agent, facility, tmp_path, reliability_ro
         dup_started = sum(n - 1 for n in started.values())
         dup_complete = sum(n - 1 for n in complete.values())
         assert not counts([watcher], agent, "reduction_error")
-        print("broker restart: %d duplicate STARTED, %d duplicate COMPLETE" % (dup_started, dup_complete))
+        assert (dup_started, dup_complete) == (0, 0), (started, complete)
         reliability_rows.record(
-            "broker_restart",
-            "20 one-second runs at max_procs 4; broker SIGKILLed after 4 completed, restarted 1.5 s later",
+            row("broker_restart", broker),
+            "20 one-second runs at max_procs 4; %s SIGKILLed after 4 completed, restarted 1.5 s later"
+            % NAMES[broker.kind],
             "20 of 20 runs completed; %d duplicate STARTED, %d duplicate COMPLETE" % (dup_started, dup_complete))
         watcher.close()
     finally:
@@ -108,16 +115,16 @@ def test_broker_restart_mid_burst(make_agent, facility, tmp_path, reliability_ro
 
 
 def test_an_outcome_finished_while_the_broker_is_down_is_sent_after_reconnect(
-        make_agent, facility, tmp_path, reliability_rows):
-    broker = start_broker(str(tmp_path / "broker"))
+        make_agent, facility, private_broker, reliability_rows):
+    broker = private_broker()
     try:
         facility.script("CNCS", """
             import os, sys, time
             open(sys.argv[2] + "ran", "a").write("x")
             time.sleep(2)
         """)
-        agent = make_agent(broker_port=broker.port, reconnect_initial_sec=1, reconnect_max_sec=1).start()
-        watcher = watch(broker.port, agent)
+        agent = make_agent(on=broker, reconnect_initial_sec=1, reconnect_max_sec=1).start()
+        watcher = watch(broker, agent)
         watcher.send(agent.q("reduction_data_ready"), facility.run("CNCS", "IPTS-1", 1))
         watcher.wait(agent.q("reduction_started"))
         broker.kill()
@@ -134,19 +141,19 @@ def test_an_outcome_finished_while_the_broker_is_down_is_sent_after_reconnect(
         assert open(os.path.join(out, "ran")).read() == "x", "the run was run again"
         assert len(watcher.get(agent.q("reduction_complete"))) == 1
         reliability_rows.record(
-            "outcome_held_while_disconnected",
-            "a 2 s run; broker SIGKILLed while it ran and restarted after it finished",
+            row("outcome_held_while_disconnected", broker),
+            "a 2 s run; %s SIGKILLed while it ran and restarted after it finished" % NAMES[broker.kind],
             "COMPLETE delivered once after the reconnect; the script ran once; the run was acked then")
         watcher.close()
     finally:
         broker.kill()
 
 
-def test_heartbeats_resume_after_reconnects_with_no_thread_growth(make_agent, tmp_path, reliability_rows):
-    broker = start_broker(str(tmp_path / "broker"))
+def test_heartbeats_resume_after_reconnects_with_no_thread_growth(make_agent, private_broker, reliability_rows):
+    broker = private_broker()
     try:
-        agent = make_agent(broker_port=broker.port, heartbeat_interval_sec=0.5).start()
-        watcher = watch(broker.port, agent)
+        agent = make_agent(on=broker, heartbeat_interval_sec=0.5).start()
+        watcher = watch(broker, agent)
         watcher.subscribe(agent.q("heart_beat"))
         watcher.wait(agent.q("heart_beat"), 2, timeout=10)
         threads_before = psutil.Process(agent.pid).num_threads()
@@ -164,8 +171,8 @@ def test_heartbeats_resume_after_reconnects_with_no_thread_growth(make_agent, tm
         assert 3 <= beats <= 6, "expected a heartbeat every 0.5 s from one sender, got %d in 2.2 s" % beats
         assert threads_after <= threads_before, (threads_before, threads_after)
         reliability_rows.record(
-            "heartbeat_after_reconnect",
-            "heartbeat every 0.5 s; broker SIGKILLed and restarted 3 times",
+            row("heartbeat_after_reconnect", broker),
+            "heartbeat every 0.5 s; %s SIGKILLed and restarted 3 times" % NAMES[broker.kind],
             "%d heartbeats in 2.2 s after the last reconnect; agent threads %d before, %d after"
             % (beats, threads_before, threads_after))
         watcher.close()

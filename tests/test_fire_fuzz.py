@@ -63,6 +63,8 @@ class Tree:
         os.symlink(os.path.join(self.outside, "secret.nxs.h5"), os.path.join(nexus, "link_out.nxs.h5"))
         os.symlink(self.outside, os.path.join(nexus, "link_dir"))
         os.symlink("/etc/passwd", os.path.join(nexus, "link_passwd.nxs.h5"))
+        # Links in a directory others can write: ones they could have planted (safefiles.py).
+        os.chmod(nexus, 0o777)
         os.mkdir(os.path.join(nexus, "a_directory.nxs.h5"))
         os.mkfifo(os.path.join(nexus, "a_fifo.nxs.h5"))
 
@@ -354,9 +356,9 @@ NEXUS = ROOT_TOKEN + "/SNS/NOOP/IPTS-1/nexus/"
 
 
 @pytest.mark.parametrize("data_file, error", [
-    (NEXUS + "link_out.nxs.h5", "Data file is outside the data root"),
-    (NEXUS + "link_dir/secret.nxs.h5", "Data file is outside the data root"),
-    (NEXUS + "link_passwd.nxs.h5", "Data file is outside the data root"),
+    (NEXUS + "link_out.nxs.h5", "Data file is behind an untrusted link"),
+    (NEXUS + "link_dir/secret.nxs.h5", "Data file is behind an untrusted link"),
+    (NEXUS + "link_passwd.nxs.h5", "Data file is behind an untrusted link"),
     (ROOT_TOKEN + "/../outside/secret.nxs.h5", "Data file is outside the data root"),
     (NEXUS + "../../../../../outside/secret.nxs.h5", "Data file is outside the data root"),
     ("/etc/passwd", "Data file is outside the data root"),

@@ -35,6 +35,8 @@ class Hostile:
         self.facility = facility
         nexus = os.path.dirname(facility.data_file(INST, "IPTS-1", 999))
         os.symlink(os.path.join(outside, "secret.nxs.h5"), os.path.join(nexus, "link_out.nxs.h5"))
+        # A link in a directory others can write is one they could have planted (safefiles.py).
+        os.chmod(nexus, 0o777)
         os.mkdir(os.path.join(nexus, "a_directory.nxs.h5"))
         os.mkfifo(os.path.join(nexus, "a_fifo.nxs.h5"))
         self.nexus = nexus

@@ -10,9 +10,8 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import start_broker
+from tests.conftest import collector
 from tests.support.agentproc import ROOT
-from tests.support.client import Collector
 
 pytestmark = [pytest.mark.broker, pytest.mark.fire]
 
@@ -31,15 +30,13 @@ time.sleep(1)
 """
 
 
-@pytest.mark.activemq_only
-def test_credentials_never_leak(make_agent, facility, tmp_path, reliability_rows):
-    broker = start_broker(str(tmp_path / "broker"), password=PASSWORD)
+def test_credentials_never_leak(make_agent, facility, private_broker, reliability_rows):
+    broker = private_broker(password=PASSWORD)
     try:
         facility.script("CNCS", LEAKY_SCRIPT)
-        agent = make_agent(broker_port=broker.port, amq_pwd=PASSWORD, oncat_api_token=TOKEN,
-                           oncat_url="http://127.0.0.1:9", log_level="DEBUG")
+        agent = make_agent(on=broker, oncat_api_token=TOKEN, oncat_url="http://127.0.0.1:9", log_level="DEBUG")
         agent.start()
-        watcher = Collector(broker.port, password=PASSWORD)
+        watcher = collector(broker)
         keys = ("reduction_started", "reduction_complete", "reduction_error", "postprocess_error",
                 "catalog_error", "catalog_started")
         watcher.subscribe(*(agent.q(k) for k in keys))
@@ -67,10 +64,10 @@ def test_credentials_never_leak(make_agent, facility, tmp_path, reliability_rows
         for secret in (PASSWORD, TOKEN):
             leaks = [where for where, text in places.items() if secret in text]
             assert not leaks, "%s leaked into %s" % (secret[:6], leaks)
-        assert job_cmdlines and seen["env"].get("POSTPROCESSING_AGENT")
+        assert job_cmdlines and seen["env"].get("POSTPROCESSING_AGENT_ID")
         assert "ONCAT:" in watcher.get(agent.q("catalog_error"))[0]["error"]
         reliability_rows.record(
-            "credentials",
+            "credentials" + ("" if broker.kind == "activemq" else "_" + broker.kind),
             "broker password and ONCat token set; a reduction, a malformed run and a failing ONCat ingest, "
             "log level DEBUG",
             "neither secret in the agent log, stderr, agent or job command lines, job environment or "
@@ -102,14 +99,14 @@ def test_symlinks_planted_at_targets_are_not_followed(make_agent, facility, clie
     os.makedirs(inst_dir)
     open(os.path.join(inst_dir, "reduce_ARCS.py.template"), "w").write("x = $x\n")
     os.symlink(str(victim), os.path.join(inst_dir, "reduce_ARCS.py"))
-    agent = make_agent()
+    agent = make_agent(create_script_users=[client.user])
     status = agent.config["service_status"].replace("${instrument}", "ARCS")
     client.subscribe(status)
     agent.start()
     client.send(agent.q("reduction_data_ready"), facility.run("CNCS", "IPTS-1", 1))
     error = client.wait(agent.q("reduction_error"))[0]["error"]
     assert "refusing to write through a symbolic link" in error
-    client.send(agent.q("create_reduction_script"), {"instrument": "ARCS", "use_default": False,
+    client.send_vouched(agent.q("create_reduction_script"), {"instrument": "ARCS", "use_default": False,
                                                      "template_data": {"x": "1"}})
     assert "refusing to replace a symbolic link" in client.wait(status)[0]["status"]
     assert victim.read_text() == "precious"

@@ -9,7 +9,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from postprocessing.devtools.activemq import free_port
-from tests.conftest import start_broker
 
 pytestmark = pytest.mark.broker
 
@@ -85,13 +84,12 @@ def test_running_jobs_gauge(make_agent, facility, client):
     wait_metric(port, ("postprocessing_jobs_running", (("kind", "reduction"),)), 1)
 
 
-@pytest.mark.activemq_only
-def test_reconnects_are_counted(make_agent, tmp_path):
-    """With a private ActiveMQ that the test restarts."""
-    private = start_broker(str(tmp_path / "broker"))
+def test_reconnects_are_counted(make_agent, private_broker):
+    """With a private broker that the test restarts."""
+    private = private_broker()
     try:
         port = free_port()
-        agent = make_agent(broker_port=private.port, metrics_port=port, metrics_address="127.0.0.1").start()
+        agent = make_agent(on=private, metrics_port=port, metrics_address="127.0.0.1").start()
         assert scrape(port)[("postprocessing_broker_reconnects_total", ())] == 0
         private.stop()
         private.start()

@@ -120,6 +120,7 @@ def test_rpm_is_noarch_and_lists_its_files(rpm_file):
         LOGDIR,
         "/opt/postprocessing/scripts/mantidpython.py",
         "/usr/share/doc/postprocessing/operations.md",
+        "/usr/share/doc/postprocessing/security.md",
     ):
         assert expected in files, expected
     assert not [f for f in files if "__pycache__" in f or "/tests/" in f]

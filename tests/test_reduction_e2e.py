@@ -214,5 +214,5 @@ def test_jobs_get_a_sanitised_environment(make_agent, facility, client, monkeypa
     client.wait(agent.q("reduction_complete"))
     env = json.load(open(os.path.join(facility.output_dir("CNCS", "IPTS-1"), "env.json")))
     assert "AMQ_SECRET_FOR_TEST" not in env and "POSTPROCESSING_CONFIG" not in env
-    assert env["POSTPROCESSING_AGENT"].startswith("%d:" % agent.pid)
+    assert env["POSTPROCESSING_AGENT_ID"].startswith("%d:" % agent.pid)
     assert "icat" not in json.dumps(env)

@@ -14,11 +14,12 @@ import threading
 import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
-from postprocessing import messages
+from postprocessing import logsafe, messages
 from postprocessing.agent.cancels import CancelBook, CancelRequest, parse_cancel
 from postprocessing.agent.heartbeat import heartbeat_body, ping_reply, reply_destination
 from postprocessing.agent.observer import Observer
 from postprocessing.agent.outbox import Outbox
+from postprocessing.agent.ping import PingPolicy, own_destinations
 from postprocessing.agent.runs import JobDone, Publish, Run, Stop, twin_key
 from postprocessing.agent.subscriptions import Subscriptions
 from postprocessing.config import Config
@@ -27,6 +28,7 @@ from postprocessing.jobs.limits import Admission
 from postprocessing.jobs.slots import Slots
 from postprocessing.processors.base import JobContext, Outcome, Processor
 from postprocessing.transport import Delivery, Disconnected, Receipt, Sink, Transport
+from postprocessing.transport.validated import validated_user
 
 logger = logging.getLogger(__name__)
 job_logger = logging.getLogger("postprocessing.jobs.run")
@@ -67,6 +69,7 @@ class Agent:
         self._next_admission: Optional[float] = None
         self._overload_reason: Optional[str] = None
         self._last_activity = time.monotonic()
+        self.ping_policy = PingPolicy(own_destinations(config) + list(self.processors))
 
     # -- public ------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -236,14 +239,14 @@ class Agent:
             return
         run = self.runs.get(d.message_id) or self._stale_twin(d)
         if run is not None:
-            logger.info("redelivery of %s (%s) rejoins its %s job", d.message_id,
+            logger.info("redelivery of %s (%s) rejoins its %s job", logsafe.text(d.message_id),
                         run.work.label if run.work else "message", run.state)
             run.delivery = d
             return
         run = Run(d.message_id, d)
         self.runs[run.key] = run
         if d.message_id in self.settled or (d.redelivered and twin_key(d) in self.settled):
-            logger.info("redelivery of settled message %s: acknowledging", d.message_id)
+            logger.info("redelivery of settled message %s: acknowledging", logsafe.text(d.message_id))
             self._settle(run)
             return
         if d.subscription == _CANCEL_SUB:
@@ -277,14 +280,15 @@ class Agent:
             fields = messages.decode_body(d.body, self.config.max_body_bytes)
             if processor is None:
                 raise InvalidMessage("No processor for destination %s" % d.destination)
-            run.work = processor.accept(fields)
+            run.work = processor.accept_from(fields, validated_user(d.headers, self.transport.kind))
             run.processor = processor
             cancel = self.cancels.take(run.work.payload) if processor.cancellable else None
             if cancel is not None:
-                logger.info("[%s] dropped on arrival: cancelled by %s", run.work.label, cancel.who)
+                logger.info("[%s] dropped on arrival: cancelled by %s", run.work.label, logsafe.text(cancel.who))
                 self._finish(run, processor.cancelled(run.work, cancel.who))
         except InvalidMessage as err:
-            logger.error("rejected message %s on %s: %s", d.message_id, d.destination, err)
+            logger.error("rejected message %s on %s: %s", logsafe.text(d.message_id), logsafe.text(d.destination),
+                         logsafe.text(err))
             self.observer.rejected(d.destination)
             if processor is not None and fields:
                 self._finish(run, processor.invalid(fields, str(err)))
@@ -339,7 +343,7 @@ class Agent:
     def _job_main(self, key: str, processor: Processor, ctx: JobContext) -> None:
         """The job's own thread: run the processor to an outcome, whatever happens."""
         try:
-            result = processor.run(ctx)
+            result = processor.execute(ctx)
         except Cancelled:
             result = processor.cancelled(ctx.work, ctx.cancelled_by or "unknown")
         except PostProcessingError as err:
@@ -403,7 +407,7 @@ class Agent:
 
     def _forget(self, run: Run, why: str) -> None:
         """Drop a run that never started; the broker still has its message."""
-        logger.info("letting go of message %s (%s)", run.key, why)
+        logger.info("letting go of message %s (%s)", logsafe.text(run.key), why)
         self.runs.pop(run.key, None)
 
     def _reconcile(self) -> None:
@@ -459,7 +463,7 @@ class Agent:
             fields = messages.decode_body(run.delivery.body, self.config.max_body_bytes)
             parse_cancel(fields)
         except InvalidMessage as err:
-            logger.error("rejected cancel request %s: %s", run.key, err)
+            logger.error("rejected cancel request %s: %s", logsafe.text(run.key), logsafe.text(err))
             self._finish(run, self._malformed(run.delivery, str(err)))
             return
         self._finish(run, Outcome(self.config.cancel_fanout, fields))
@@ -468,7 +472,7 @@ class Agent:
         try:
             cancel = parse_cancel(messages.decode_body(d.body, self.config.max_body_bytes))
         except InvalidMessage as err:
-            logger.warning("ignored a malformed cancel: %s", err)
+            logger.warning("ignored a malformed cancel: %s", logsafe.text(err))
             return
         matched = self._cancel_runs(cancel)
         if matched:
@@ -476,7 +480,7 @@ class Agent:
         else:
             self.cancels.add(cancel)
             logger.info("cancel of %s %s by %s: no such run here; it stands for %.0f s", cancel.instrument,
-                        cancel.run_number, cancel.who, self.config.cancel_window_sec)
+                        cancel.run_number, logsafe.text(cancel.who), self.config.cancel_window_sec)
 
     def _cancel_runs(self, cancel: CancelRequest) -> bool:
         matched = False
@@ -486,7 +490,7 @@ class Agent:
             if run.state not in ("waiting", "running") or not cancel.matches(run.work.payload):
                 continue
             matched = True
-            logger.info("[%s] cancelled by %s while %s", run.work.label, cancel.who, run.state)
+            logger.info("[%s] cancelled by %s while %s", run.work.label, logsafe.text(cancel.who), run.state)
             if run.state == "running" and run.ctx is not None:
                 run.ctx.cancel(cancel.who)
             else:
@@ -498,8 +502,10 @@ class Agent:
     # -- ping ----------------------------------------------------------------------------
     def _answer_ping(self, d: Delivery) -> None:
         ping = reply_destination(d.body, self.config.max_body_bytes)
-        if ping is None:
-            logger.warning("ignored a ping without a usable reply_to")
+        sender = validated_user(d.headers, self.transport.kind)
+        refusal = "no usable reply_to" if ping is None else self.ping_policy.refusal(ping["reply_to"])
+        if ping is None or refusal is not None:
+            self.ping_policy.log_refusal(sender, refusal or "")
             return
         running = sum(1 for r in self.runs.values() if r.state == "running")
         body = messages.encode(ping_reply(ping, self.hostname, self.pid, running))

@@ -7,7 +7,8 @@ from postprocessing import __version__
 from postprocessing.errors import InvalidMessage
 from postprocessing.messages import decode_body
 
-_REPLY_TO = re.compile(r"/(queue|topic|temp-queue|temp-topic|reply-queue|exchange)/[^\x00\r\n:]{1,200}")
+#: A single destination: no ActiveMQ wildcard (``*``, ``>``) or composite (``,``) that would reach many.
+_REPLY_TO = re.compile(r"/(queue|topic|temp-queue|temp-topic|reply-queue|amq/queue)/[^\x00\r\n:*>#,]{1,200}")
 
 
 def heartbeat_body(hostname: str, pid: int) -> Dict[str, str]:
@@ -15,8 +16,8 @@ def heartbeat_body(hostname: str, pid: int) -> Dict[str, str]:
 
 
 def ping_reply(ping: Mapping[str, Any], hostname: str, pid: int, running: int) -> Dict[str, Any]:
-    """The ping's fields back, plus the heartbeat fields and what this agent is doing."""
-    body = dict(ping)
+    """The ping's fields back (never its ``reply_to``), plus the heartbeat fields and what this agent is doing."""
+    body = {key: value for key, value in ping.items() if key != "reply_to"}
     body.update(heartbeat_body(hostname, pid))
     body["running_jobs"] = running
     body["version"] = __version__

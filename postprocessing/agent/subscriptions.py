@@ -31,9 +31,13 @@ class Subscriptions:
         self._transport = transport
         self._queues = list(queues)
         self._ids = itertools.count(1)
-        self._dynamic = transport.returns_on_unsubscribe
         #: sub id -> (queue, ids of the messages it holds un-acked)
         self._subs: Dict[str, Tuple[str, Set[str]]] = {}
+
+    @property
+    def _dynamic(self) -> bool:
+        """Whether subscriptions come and go with free slots (the connected broker's kind)."""
+        return self._transport.returns_on_unsubscribe
 
     def reset(self) -> None:
         """The connection is gone, and every subscription with it."""

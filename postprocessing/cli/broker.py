@@ -52,6 +52,11 @@ class BrokerSession:
     def connected_to(self) -> str:
         return self._transport.connected_to
 
+    @property
+    def broker_kind(self) -> str:
+        """The kind of broker connected to: activemq, artemis or rabbitmq."""
+        return self._transport.kind
+
     # -- events ------------------------------------------------------------------------
     def _next_event(self, timeout: float) -> Optional[object]:
         try:

@@ -24,6 +24,8 @@ from postprocessing.cli import logsetup
 from postprocessing.cli.run import refuse_root, serve
 from postprocessing.config import Config
 from postprocessing.errors import ConfigError, PostProcessingError, UsageError
+from postprocessing.jobs import identity
+from postprocessing.safefiles import open_nofollow
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +105,26 @@ def read_pid(path: str) -> Tuple[bool, Optional[int]]:
     return True, int(text) if text.isdigit() and int(text) > 0 else None
 
 
-def is_agent(pid: int) -> bool:
-    """Whether ``pid`` is a live postprocessing process (not a zombie, not a reused pid)."""
+def identity_path(pid_file: str) -> str:
+    """Beside the pidfile, the daemon's ``pid:boot-id:start-ticks`` (jobs/identity.py)."""
+    return pid_file + ".id"
+
+
+def is_agent(pid: int, id_file: Optional[str] = None) -> bool:
+    """Whether ``pid`` is a live postprocessing process (not a zombie, not a reused pid).
+
+    The identity the daemon wrote in ``id_file`` decides when it names ``pid``: a pid
+    reused since, even by a process with the same command line, is not the agent."""
+    if id_file is not None:
+        try:
+            with open(id_file, encoding="ascii", errors="replace") as handle:
+                text = handle.read(200).strip()
+        except OSError:
+            text = ""
+        if text.split(":", 1)[0] == str(pid):
+            verdict = identity.alive(text)
+            if verdict is not None:
+                return verdict
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
@@ -121,12 +141,16 @@ def probe(path: str) -> Tuple[str, Optional[int]]:
     exists, pid = read_pid(path)
     if not exists:
         return ABSENT, None
-    if pid is not None and is_agent(pid):
+    if pid is not None and is_agent(pid, identity_path(path)):
         return RUNNING, pid
     return DEAD, pid
 
 
 def remove_stale(path: str, pid: Optional[int]) -> None:
+    try:
+        os.unlink(identity_path(path))
+    except OSError:
+        pass
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -234,6 +258,8 @@ def _daemon_main(cfg: Config, notes: List[str], report_fd: int) -> int:
         return 1
     try:
         logger.info("daemon running as pid %d, pidfile %s", os.getpid(), cfg.pid_file)
+        with open_nofollow(identity_path(cfg.pid_file), "w", encoding="ascii") as handle:
+            handle.write(identity.identity(os.getpid()) + "\n")
         return serve(cfg, notes, ready=lambda: _report(report_fd, "ok %d" % os.getpid()))
     except PostProcessingError as err:
         logger.error("%s", err)
@@ -244,6 +270,10 @@ def _daemon_main(cfg: Config, notes: List[str], report_fd: int) -> int:
         _report(report_fd, "internal error: %s; see %s" % (err, cfg.log_file))
         return 1
     finally:
+        try:
+            os.unlink(identity_path(cfg.pid_file))
+        except OSError:
+            pass
         context.close()
 
 

@@ -27,14 +27,18 @@ _BROKER_HEADERS = frozenset({
     "message-id", "destination", "subscription", "ack", "timestamp", "expires", "redelivered",
     "content-length", "original-destination", "originalExpiration", "persistent", "priority",
     "_AMQ_ORIG_ADDRESS", "_AMQ_ORIG_QUEUE", "_AMQ_ORIG_MESSAGE_ID", "_AMQ_ORIG_ROUTING_TYPE",
-    "_AMQ_ROUTING_TYPE", "dlqDeliveryFailureCause", "_AMQ_DLA_REASON",
+    "_AMQ_ROUTING_TYPE", "dlqDeliveryFailureCause", "_AMQ_DLA_REASON", "destination-type", "receipt",
+    "JMSXUserID", "_AMQ_VALIDATED_USER",
 })
+#: The dead letter queue each broker kind has without configuration.
+_BROKER_DLQ = {"activemq": "ActiveMQ.DLQ", "artemis": "DLQ"}
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "dlq", help="list, show, reinject or purge dead letters",
-        description="Work on the dead letter queue (config key dead_letter_queue, default ActiveMQ.DLQ). "
+        description="Work on the dead letter queue (config key dead_letter_queue; by default the broker's "
+                    "own: ActiveMQ.DLQ on ActiveMQ Classic, DLQ on Artemis). "
                     "Messages not reinjected or purged stay in the queue.",
         epilog="exit status: 0 done; 1 nothing matched the selection, or a broker failure; "
                "2 bad arguments or configuration.")
@@ -44,8 +48,8 @@ def add_parser(sub: Any) -> None:
     def action(name: str, help_text: str, select: bool) -> argparse.ArgumentParser:
         a = actions.add_parser(name, help=help_text, description=help_text)
         a.add_argument("--dlq", metavar="QUEUE", help="the dead letter queue (default: from the config)")
-        a.add_argument("--limit", type=int, default=1000, metavar="N",
-                       help="read at most N messages (default 1000)")
+        a.add_argument("--limit", type=int, default=10000, metavar="N",
+                       help="read at most N messages (default 10000)")
         a.add_argument("--wait", type=float, default=1.0, metavar="SECONDS",
                        help="stop reading when no message came for this long (default 1)")
         if select:
@@ -252,9 +256,12 @@ def command(args: argparse.Namespace, cfg: Config, notes: "list[str]") -> int:
         raise UsageError("--limit must be greater than 0")
     if args.wait <= 0:
         raise UsageError("--wait must be greater than 0")
-    dlq = queue_destination(args.dlq or cfg.dead_letter_queue)
     try:
         with BrokerSession(cfg) as session:
+            dlq = queue_destination(args.dlq or cfg.dead_letter_queue or _BROKER_DLQ.get(session.broker_kind, ""))
+            if dlq == "/queue/":
+                raise UsageError("%s has no dead letter queue of its own; give --dlq or dead_letter_queue"
+                                 % session.broker_kind)
             letters = read(session, dlq, args.limit, args.wait)
             if args.action == "list":
                 return do_list(args, dlq, letters)

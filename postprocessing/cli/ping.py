@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Any, Dict, List
 
-from postprocessing import messages
+from postprocessing import logsafe, messages
 from postprocessing.cli.broker import BrokerSession
 from postprocessing.cli.progress import table
 from postprocessing.config import Config
@@ -83,7 +83,8 @@ def _int_or_none(value: Any) -> Any:
 
 
 def _cell(value: Any) -> str:
-    return "-" if value is None else str(value)
+    """A table cell; an answer's values come from whoever answered, so control characters are escaped."""
+    return "-" if value is None else logsafe.text(value)
 
 
 def command(args: argparse.Namespace, cfg: Config, notes: "list[str]") -> int:

@@ -21,7 +21,8 @@ _XML = """<beans xmlns="http://www.springframework.org/schema/beans"
   xsi:schemaLocation="http://www.springframework.org/schema/beans http://www.springframework.org/schema/beans/spring-beans.xsd
   http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
   <broker xmlns="http://activemq.apache.org/schema/core" useJmx="false" brokerName="{name}"
-          dataDirectory="{data}" schedulerSupport="true" persistent="true">
+          dataDirectory="{data}" schedulerSupport="true" persistent="true"
+          populateJMSXUserID="true" useAuthenticatedPrincipalForJMSXUserID="true">
     <destinationPolicy><policyMap><policyEntries>
       <policyEntry queue=">" producerFlowControl="false"/>
       <policyEntry topic=">" producerFlowControl="false"/>

@@ -1,6 +1,6 @@
-"""``make demo``: a private ActiveMQ, the agent, one sample run, and what came back.
+"""``make demo``: a private broker, the agent, one sample run, and what came back.
 
-    python3 -m postprocessing.devtools.demo [--keep]
+    python3 -m postprocessing.devtools.demo [--broker activemq|artemis] [--keep]
 
 Builds a facility tree under a temporary ``data_root`` with a sample ``reduce_DEMO.py``
 and a run file, starts a broker and the agent (``postprocessing run``), sends the run to
@@ -22,7 +22,9 @@ from typing import Any, Dict, List, Tuple
 
 import stomp
 
-from postprocessing.devtools.activemq import LocalActiveMQ, available
+from postprocessing.devtools import activemq, artemis
+
+BROKERS = {"activemq": ("ActiveMQ Classic", activemq), "artemis": ("ActiveMQ Artemis", artemis)}
 
 REDUCE_SCRIPT = '''"""Sample reduction: writes a small summary of the run file into the output directory."""
 import hashlib
@@ -77,16 +79,21 @@ def port_free(port: int) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--broker", choices=sorted(BROKERS), default="activemq",
+                        help="the broker to run (default activemq: ActiveMQ Classic from Debian)")
     parser.add_argument("--keep", action="store_true", help="leave broker and agent running until Ctrl-C")
     args = parser.parse_args()
-    if not available():
-        print("demo: ActiveMQ is not installed; run `make deps` (Debian: apt-get install activemq)")
+    title, module = BROKERS[args.broker]
+    if not module.available():
+        print("demo: %s is not installed; run `make deps`" % title)
         return 1
     workdir = tempfile.mkdtemp(prefix="postprocessing-demo-")
     data_root = os.path.join(workdir, "data")
     run = build_tree(data_root)
-    broker = LocalActiveMQ(os.path.join(workdir, "broker"), port=61613 if port_free(61613) else None)
-    print("demo: starting ActiveMQ (STOMP on 127.0.0.1:%d) in %s" % (broker.port, broker.workdir), flush=True)
+    port = 61613 if port_free(61613) else None
+    broker = (artemis.LocalArtemis if args.broker == "artemis" else activemq.LocalActiveMQ)(
+        os.path.join(workdir, "broker"), port=port)
+    print("demo: starting %s (STOMP on 127.0.0.1:%d) in %s" % (title, broker.port, broker.workdir), flush=True)
     broker.start()
     config_path = os.path.join(workdir, "post_processing.conf")
     log_file = os.path.join(workdir, "postprocessing.log")

@@ -1,21 +1,24 @@
 """The sanitised environment jobs run with, and the marker that ties a job to its agent.
 
 Jobs see only the variables listed in ``job_env_passthrough``: never the agent's
-credentials or config path.  ``POSTPROCESSING_AGENT`` names the agent process
-(``pid:start-time``) so that a restarted agent can find and kill jobs whose agent died.
+credentials or config path.  ``POSTPROCESSING_AGENT_ID`` names the agent process
+(``pid:boot-id:start-ticks``, see identity.py) so that a restarted agent can find and
+kill jobs whose agent died.  (Earlier versions set ``POSTPROCESSING_AGENT`` to
+``pid:start-time`` and judge it by the wall clock; the new name keeps their reapers off
+the jobs of this version while both run on a node.)
 """
 
 import os
 from typing import Dict, Mapping, Optional, Sequence
 
-import psutil
+from postprocessing.jobs import identity
 
-MARKER = "POSTPROCESSING_AGENT"
+MARKER = "POSTPROCESSING_AGENT_ID"
 
 
 def agent_identity(pid: int) -> str:
-    """``pid:start-time`` of a live process, stable for its lifetime."""
-    return "%d:%.2f" % (pid, psutil.Process(pid).create_time())
+    """``pid:boot-id:start-ticks`` of a live process, stable for its lifetime and clock steps."""
+    return identity.identity(pid)
 
 
 def job_environment(passthrough: Sequence[str], identity: str, scriptlib: Optional[str] = None,

@@ -18,6 +18,7 @@ from typing import IO, Callable, List, Mapping, Optional, Sequence
 
 import psutil
 
+from postprocessing.errors import JobFailed
 from postprocessing.jobs.limits import MemoryLimit, TimeLimit
 
 logger = logging.getLogger(__name__)
@@ -69,12 +70,16 @@ class JobProcess:
 
     def __init__(self, argv: Sequence[str], cwd: str, stdout: IO[bytes], stderr: IO[bytes],
                  env: Mapping[str, str], nice: int = 0) -> None:
-        self._wake_r, self._wake_w = os.pipe()
         self._kill_reason: Optional[str] = None
-        self.proc = subprocess.Popen(
-            list(argv), cwd=cwd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-            env=dict(env), start_new_session=True, close_fds=True, preexec_fn=_child_setup(nice),
-        )
+        try:
+            self.proc = subprocess.Popen(
+                list(argv), cwd=cwd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                env=dict(env), start_new_session=True, close_fds=True, preexec_fn=_child_setup(nice),
+            )
+        except OSError as err:
+            raise JobFailed("cannot start %s: %s" % (argv[0] if argv else "an empty command",
+                                                     err.strerror or err)) from None
+        self._wake_r, self._wake_w = os.pipe()
         self.pid = self.proc.pid
 
     def request_kill(self, reason: str) -> None:

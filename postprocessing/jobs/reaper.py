@@ -12,18 +12,15 @@ from typing import List
 
 import psutil
 
+from postprocessing.jobs import identity
 from postprocessing.jobs.environment import MARKER
 
 logger = logging.getLogger(__name__)
 
 
-def _agent_alive(identity: str) -> bool:
-    pid_text, _, started = identity.partition(":")
-    try:
-        proc = psutil.Process(int(pid_text))
-        return "%.2f" % proc.create_time() == started
-    except (ValueError, psutil.Error):
-        return False
+def _agent_alive(marker: str) -> bool:
+    """Whether the agent a job's marker names runs; a marker of another format is left alone."""
+    return identity.alive(marker) is not False
 
 
 def reap_orphans() -> List[int]:
@@ -34,10 +31,10 @@ def reap_orphans() -> List[int]:
         if proc.pid == me:
             continue
         try:
-            identity = proc.environ().get(MARKER)
+            marker = proc.environ().get(MARKER)
         except psutil.Error:
             continue
-        if not identity or _agent_alive(identity):
+        if not marker or _agent_alive(marker):
             continue
         try:
             os.killpg(os.getpgid(proc.pid), signal.SIGKILL)

@@ -80,6 +80,7 @@ class Catalog:
 class CatalogProcessor(Processor):
     """A run-payload job that catalogues something in ONCat."""
 
+    cancellable = True
     started_key: ClassVar[str] = ""
     complete_key: ClassVar[str] = ""
     error_key: ClassVar[str] = ""
@@ -90,6 +91,10 @@ class CatalogProcessor(Processor):
 
     def failed(self, ctx: JobContext, error: str) -> Outcome:
         return ctx.reply(self.config.destination(self.error_key), "ONCAT: %s" % error)
+
+    def cancelled(self, work: Work, who: str) -> Outcome:
+        return Outcome(self.config.destination(self.error_key), outcome(
+            work.fields, self.hostname, "ONCAT: cancelled", cancelled_by=who))
 
     def run(self, ctx: JobContext) -> Outcome:
         cfg = self.config

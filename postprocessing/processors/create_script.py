@@ -3,7 +3,15 @@
 Everything happens in the instrument's shared autoreduce directory.  The job's outcome is
 a status message ``{"src_id": "postprocessing", "status": ...}`` (with the input fields
 and ``information``) on ``service_status``, where ``${instrument}`` is replaced by the
-instrument.  Template values are data: they are substituted once and never evaluated.
+instrument.
+
+Template values are substituted as text into Python source, once: the agent never
+evaluates them, but the script it writes runs as the service account.  SNS templates take
+code lines from the web form by design (``${mask}``, for example), so whoever may send
+this request may run code as the service account.  The agent therefore obeys only the
+broker users in ``create_script_users``, identified by the broker (transport/validated.py),
+and refuses a value with a line break unless the template marks that key as multi-line
+with a line ``# postprocessing: multiline key1, key2``.
 """
 
 import dataclasses
@@ -15,10 +23,10 @@ import string
 import tempfile
 import threading
 import time
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 from urllib.parse import unquote_plus
 
-from postprocessing import layout
+from postprocessing import layout, safefiles
 from postprocessing.config import Config, queue_destination
 from postprocessing.errors import JobFailed
 from postprocessing.messages import plain_name
@@ -28,6 +36,7 @@ from postprocessing.safefiles import UnsafePath, open_nofollow
 SRC_ID = "postprocessing"
 PARAMETER_LOG = "reduction_parameters.txt"
 _BACKUP_STAMP = "%Y%m%dT%H%M%S.%f"
+_MULTILINE = re.compile(r"^#\s*postprocessing:\s*multiline\s+(.+)$", re.MULTILINE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,14 +83,28 @@ def fill(text: str, values: Mapping[str, str]) -> str:
         raise ScriptError("bad template: %s" % err) from None
 
 
+def multiline_keys(text: str) -> List[str]:
+    """The keys a template marks as multi-line (``# postprocessing: multiline a, b``)."""
+    return [key.strip() for line in _MULTILINE.findall(text) for key in line.split(",") if key.strip()]
+
+
+def check_line_breaks(text: str, values: Mapping[str, str]) -> None:
+    """Refuse a value with a line break for a key the template does not mark multi-line."""
+    allowed = set(multiline_keys(text))
+    for key in sorted(values):
+        if key not in allowed and any(c in values[key] for c in "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"):
+            raise ScriptError("the value of %s has a line break, and the template does not mark %s as "
+                              "multi-line" % (key, key))
+
+
 def _clean(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "; ").replace("\t", " ")
 
 
-def log_parameters(directory: str, values: Mapping[str, str]) -> None:
+def log_parameters(directory: str, values: Mapping[str, str], root: str) -> None:
     """Append the values to ``reduction_parameters.txt`` (TSV; a header on first write)."""
     keys = sorted(values)
-    with open_nofollow(os.path.join(directory, PARAMETER_LOG), "a", encoding="utf-8") as handle:
+    with open_nofollow(os.path.join(directory, PARAMETER_LOG), "a", root=root, encoding="utf-8") as handle:
         if handle.tell() == 0:
             handle.write("\t".join(["time"] + [_clean(key) for key in keys]) + "\n")
         row = [time.strftime("%Y-%m-%d %H:%M:%S")] + [_clean(values[key]) for key in keys]
@@ -174,6 +197,10 @@ class CreateScriptProcessor(Processor):
     def run(self, ctx: JobContext) -> Outcome:
         request: ScriptRequest = ctx.work.payload
         facility, instrument = request.facility, request.instrument
+        refusal = self.refusal(ctx.work.sender)
+        if refusal is not None:
+            ctx.log.error("request refused: %s", refusal)
+            return self.failed(ctx, "request refused: %s" % refusal)
         try:
             with self._lock:
                 text = self.create(ctx, facility, instrument)
@@ -186,12 +213,22 @@ class CreateScriptProcessor(Processor):
         ctx.log.info("%s", text)
         return self.status(ctx, text)
 
+    def refusal(self, sender: Optional[str]) -> Optional[str]:
+        """Why a request from ``sender`` (broker-validated, or None) is not obeyed, or None."""
+        if sender is None:
+            return ("the broker did not identify the sender (%s: see docs/security.md), and only the users "
+                    "in create_script_users may ask for a script" % self.config.broker_type)
+        if sender not in self.config.create_script_users:
+            return "broker user %s is not in create_script_users" % sender
+        return None
+
     def create(self, ctx: JobContext, facility: str, instrument: str) -> str:
         """Write the script; returns the status text, raises ScriptError."""
         fields = ctx.work.fields
         directory = layout.instrument_shared(self.config, facility, instrument)
-        if not os.path.isdir(directory):
-            raise ScriptError("no directory %s" % directory)
+        problem = safefiles.check_dir(directory, self.config.data_root)
+        if problem is not None:
+            raise ScriptError(problem if os.path.isdir(directory) else "no directory %s" % directory)
         writer = ScriptWriter(directory, instrument, self.config.script_backup_count)
         use_default = fields.get("use_default")
         if use_default is None:
@@ -219,9 +256,10 @@ class CreateScriptProcessor(Processor):
             raise MissingTemplate("no template %s" % template) from None
         except UnicodeDecodeError:
             raise ScriptError("template %s is not UTF-8 text" % template) from None
+        check_line_breaks(text, values)
         writer.install(fill(text, values).encode("utf-8"), writer.mode(template))
         try:
-            log_parameters(directory, values)
+            log_parameters(directory, values, self.config.data_root)
         except OSError as err:
             ctx.log.warning("cannot log the parameters in %s: %s", PARAMETER_LOG, err.strerror)
         except UnsafePath as err:

@@ -1,20 +1,28 @@
 """Running a reduce script with ISIS-style extras: ``reduce_vars`` overrides and ``main()``.
 
-The job runs a small launcher (a file in the run's log directory) with the interpreter
-the script would use.  The launcher puts a generated ``reduce_vars`` module first on
-``sys.path``, then runs the script as ``__main__``, or imports it and calls
-``main(input_file, output_dir)``, saving what ``main`` returns.  Values from the
-message travel as JSON text and are only ever ``json.loads``-ed: never evaluated.
+The job runs a small launcher with the interpreter the script would use.  The launcher,
+its spec and the generated ``reduce_vars`` module live in a private directory of the agent
+(mode 0700, one per run, removed after it: :class:`RunDir`), never in the proposal's
+user-writable ``reduction_log``: the launcher's directory comes first on ``sys.path``.
+The launcher puts that directory, then the script's own, first on ``sys.path``, then runs
+the script as ``__main__``, or imports it and calls ``main(input_file, output_dir)``,
+saving what ``main`` returns.  Values from the message travel as JSON text and are only
+ever ``json.loads``-ed: never evaluated.  The record of the variables used is copied to
+``reduction_log/<run>.vars.json`` after the run.
 """
 
 import json
 import os
+import shutil
+import tempfile
 from typing import Any, Dict, List, Mapping, Optional
 
 from postprocessing.errors import InvalidMessage
 from postprocessing.safefiles import open_nofollow
 
 VAR_GROUPS = ("standard_vars", "advanced_vars")
+VARS_RECORD = "vars.json"
+MAIN_RESULT = "main.json"
 
 LAUNCHER = '''"""Written by the postprocessing agent: runs one reduce script."""
 import json
@@ -65,36 +73,54 @@ def reduction_arguments(fields: Mapping[str, Any]) -> Optional[Dict[str, Dict[st
     return {group: dict(values) for group, values in value.items()}
 
 
-def write_launcher(log_dir: str, base: str, script: str, args: List[str], call_main: bool,
+class RunDir:
+    """The agent's private directory for one run's generated files; removed by :meth:`remove`."""
+
+    def __init__(self) -> None:
+        self.path = tempfile.mkdtemp(prefix="pp-run-")
+        os.chmod(self.path, 0o700)
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def write_launcher(run_dir: RunDir, script: str, args: List[str], call_main: bool,
                    overrides: Optional[Dict[str, Dict[str, Any]]], vars_file: Optional[str]) -> List[str]:
     """Write the launcher, its spec and maybe a ``reduce_vars`` module; returns the launcher argv."""
-    path = [os.path.dirname(script)]
+    path = [run_dir.path, os.path.dirname(script)]
     if overrides is not None or vars_file is not None:
-        vars_dir = os.path.join(log_dir, base + ".vars")
-        os.makedirs(vars_dir, exist_ok=True)
-        with open_nofollow(os.path.join(vars_dir, "reduce_vars.py"), "w", encoding="utf-8") as handle:
+        with open_nofollow(run_dir.file("reduce_vars.py"), "w", encoding="utf-8") as handle:
             handle.write(VARS_MODULE % {"original": vars_file, "overrides": json.dumps(overrides or {}),
-                                        "record": os.path.join(log_dir, base + ".vars.json")})
-        path.insert(0, vars_dir)
+                                        "record": run_dir.file(VARS_RECORD)})
     spec = {"script": script, "args": args, "path": path, "call_main": call_main,
-            "result_file": result_file(log_dir, base)}
-    spec_path = os.path.join(log_dir, base + ".launch.json")
+            "result_file": run_dir.file(MAIN_RESULT)}
+    spec_path = run_dir.file("launch.json")
     with open_nofollow(spec_path, "w", encoding="utf-8") as handle:
         json.dump(spec, handle)
-    launcher = os.path.join(log_dir, base + ".launch.py")
+    launcher = run_dir.file("launch.py")
     with open_nofollow(launcher, "w", encoding="utf-8") as handle:
         handle.write(LAUNCHER)
     return [launcher, spec_path]
 
 
-def result_file(log_dir: str, base: str) -> str:
-    return os.path.join(log_dir, base + ".main.json")
+def keep_vars_record(run_dir: RunDir, destination: str, root: str) -> None:
+    """Copy the record of the variables the run used to ``destination``, if there is one."""
+    try:
+        with open(run_dir.file(VARS_RECORD), "rb") as source:
+            content = source.read()
+    except FileNotFoundError:
+        return
+    with open_nofollow(destination, "wb", root=root) as handle:
+        handle.write(content)
 
 
-def main_result_dirs(log_dir: str, base: str) -> List[str]:
+def main_result_dirs(run_dir: RunDir) -> List[str]:
     """The directories an ISIS-style ``main`` returned (one or a list), if any."""
     try:
-        with open(result_file(log_dir, base), encoding="utf-8") as handle:
+        with open(run_dir.file(MAIN_RESULT), encoding="utf-8") as handle:
             value = json.load(handle)
     except (OSError, ValueError):
         return []

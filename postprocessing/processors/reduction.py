@@ -11,7 +11,7 @@ import re
 import time
 from typing import Any, Dict, List, Optional
 
-from postprocessing import layout
+from postprocessing import layout, safefiles
 from postprocessing.errors import Cancelled
 from postprocessing.jobs.process import ProcessResult
 from postprocessing.messages import RunRequest, outcome, parse_run
@@ -63,6 +63,7 @@ class ReductionProcessor(Processor):
     name = "reduction"
     queue_key = "reduction_data_ready"
     cancellable = True
+    in_process = False
 
     def accept(self, data: Dict[str, Any]) -> Work:
         request = parse_run(data, self.config.facility)
@@ -91,7 +92,10 @@ class ReductionProcessor(Processor):
         out_dir = layout.output_dir(cfg, req.facility, req.instrument, req.ipts)
         log_dir = os.path.join(out_dir, "reduction_log")
         try:
-            os.makedirs(log_dir, exist_ok=True)
+            safefiles.make_dirs(log_dir, cfg.data_root)
+        except safefiles.UnsafePath as err:
+            ctx.log.error("%s", err)
+            return self.failed(ctx, str(err))
         except OSError as err:
             return self.failed(ctx, "cannot create %s: %s" % (log_dir, err.strerror))
         base = os.path.basename(req.data_file)
@@ -112,7 +116,7 @@ class ReductionProcessor(Processor):
         """Re-send the run for later while retries remain; otherwise report the problem."""
         cfg = self.config
         attempt = _attempt(dict(req.fields))
-        retryable = cfg.data_retry_max and not problem.startswith("Data file is outside")
+        retryable = cfg.data_retry_max and not problem.startswith(("Data file is outside", "Data file is behind"))
         if not retryable or attempt > cfg.data_retry_max:
             ctx.log.error("%s (attempt %d)", problem, attempt)
             return self.invalid(dict(req.fields, attempt=attempt) if retryable else req.fields, problem)
@@ -120,23 +124,9 @@ class ReductionProcessor(Processor):
         if not isinstance(delay, (int, float)) or isinstance(delay, bool) or not 0 <= delay <= _MAX_RETRY_IN_SEC:
             delay = cfg.data_retry_delay_sec
         ctx.log.warning("%s; attempt %d of %d again in %g s", problem, attempt + 1, cfg.data_retry_max + 1, delay)
-        destination, headers = self.delayed(int(delay * 1000))
-        return Outcome(destination, dict(req.fields, attempt=attempt + 1), headers)
-
-    def delayed(self, delay_ms: int) -> "tuple[str, dict[str, str]]":
-        """Where and how to re-send a run so that it comes back in ``delay_ms``.
-
-        ActiveMQ schedules it (``AMQ_SCHEDULED_DELAY``).  RabbitMQ has no scheduler: the
-        run waits in ``<queue>.DELAY``, with no consumer, until its ``expiration``, and is
-        then dead-lettered back to the input queue.
-        """
-        if not delay_ms:
-            return self.queue, {}
-        if self.config.broker_type != "rabbitmq":
-            return self.queue, {"AMQ_SCHEDULED_DELAY": str(delay_ms)}
-        name = self.queue[len("/queue/"):] if self.queue.startswith("/queue/") else self.queue
-        return "/queue/%s.DELAY" % name, {"expiration": str(delay_ms), "x-dead-letter-exchange": "",
-                                           "x-dead-letter-routing-key": name}
+        # The transport turns the delay into the broker's own mechanism (docs/brokers.md).
+        headers = {"AMQ_SCHEDULED_DELAY": str(int(delay * 1000))} if delay else {}
+        return Outcome(self.queue, dict(req.fields, attempt=attempt + 1), headers)
 
     def run_summary(self, ctx: JobContext, req: RunRequest, inst_dir: str, out_dir: str, log_dir: str,
                     base: str) -> None:
@@ -159,11 +149,20 @@ class ReductionProcessor(Processor):
         overrides = launcher.reduction_arguments(req.fields)
         vars_file = os.path.join(inst_dir, "reduce_vars.py")
         has_vars = os.path.isfile(vars_file)
-        if overrides is not None or has_vars or info.isis_main:
-            program = launcher.write_launcher(log_dir, base, script, args, info.isis_main, overrides,
+        if overrides is None and not has_vars and not info.isis_main:
+            return self.launch(ctx, req, [script] + args, info, out_dir, log_dir, base, staging, None)
+        run_dir = launcher.RunDir()
+        try:
+            program = launcher.write_launcher(run_dir, script, args, info.isis_main, overrides,
                                               vars_file if has_vars else None)
-        else:
-            program = [script] + args
+            return self.launch(ctx, req, program, info, out_dir, log_dir, base, staging, run_dir)
+        finally:
+            run_dir.remove()
+
+    def launch(self, ctx: JobContext, req: RunRequest, program: List[str], info: ScriptInfo, out_dir: str,
+               log_dir: str, base: str, staging: Optional[Staging], run_dir: Optional[launcher.RunDir]) -> Outcome:
+        cfg = self.config
+        target = staging.dir if staging else out_dir
         prefix = [w.replace("{env}", info.conda_env) for w in cfg.conda_wrapper] if info.conda_env \
             else [cfg.python_exec]
         err_path = os.path.join(log_dir, base + ".err")
@@ -174,6 +173,8 @@ class ReductionProcessor(Processor):
             if staging is not None:
                 staging.keep_partial(log_dir, base)
             raise
+        if run_dir is not None:
+            launcher.keep_vars_record(run_dir, os.path.join(log_dir, base + ".vars.json"), cfg.data_root)
         reply = self.decide(ctx, result, err_path)
         succeeded = reply.destination != cfg.destination("reduction_error")
         if staging is not None:
@@ -184,8 +185,8 @@ class ReductionProcessor(Processor):
                 return reply
         else:
             results = produced_since(out_dir, started)
-        if succeeded and info.isis_main:
-            self.copy_to_main_dirs(ctx, results, launcher.main_result_dirs(log_dir, base))
+        if succeeded and info.isis_main and run_dir is not None:
+            self.copy_to_main_dirs(ctx, results, launcher.main_result_dirs(run_dir))
         return reply
 
     def copy_to_main_dirs(self, ctx: JobContext, results: List[str], dirs: List[str]) -> None:
@@ -193,7 +194,11 @@ class ReductionProcessor(Processor):
             if not os.path.isabs(directory) or not layout.within_root(self.config, directory):
                 ctx.log.warning("main() returned %s, outside the data root: not copied there", directory)
                 continue
-            copy_results(results, directory)
+            try:
+                copy_results(results, directory, self.config.data_root)
+            except (safefiles.UnsafePath, OSError) as err:
+                ctx.log.warning("results not copied to %s: %s", directory, err)
+                continue
             ctx.log.info("copied %d results to %s", len(results), directory)
 
     def decide(self, ctx: JobContext, result: ProcessResult, err_path: str) -> Outcome:

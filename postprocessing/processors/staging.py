@@ -7,6 +7,8 @@ import tempfile
 import time
 from typing import List
 
+from postprocessing import safefiles
+
 logger = logging.getLogger(__name__)
 
 
@@ -48,11 +50,15 @@ def produced_since(out_dir: str, since: float) -> List[str]:
     return found
 
 
-def copy_results(paths: List[str], destination: str) -> None:
-    os.makedirs(destination, exist_ok=True)
+def copy_results(paths: List[str], destination: str, root: str) -> None:
+    """Copy results into ``destination``, reached and written through no planted link."""
+    safefiles.make_dirs(destination, root)
     for path in paths:
         target = os.path.join(destination, os.path.basename(path))
         if os.path.isdir(path):
+            safefiles.refuse_symlink(target)
             shutil.copytree(path, target, dirs_exist_ok=True)
         else:
-            shutil.copy2(path, target)
+            with open(path, "rb") as source, safefiles.open_nofollow(target, "wb", root=root) as handle:
+                shutil.copyfileobj(source, handle)
+            shutil.copystat(path, target, follow_symlinks=False)

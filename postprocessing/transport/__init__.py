@@ -47,7 +47,8 @@ class SendRefused:
     """The broker refused a frame sent with a ``receipt`` header (an ERROR frame naming it).
 
     Artemis does this for a SEND it will not route (security, a full address, auto-create
-    off) and keeps the connection open; the frame was not stored.
+    off); the frame was not stored.  Artemis 2.40 then closes the connection, so a
+    :class:`Disconnected` follows.
     """
 
     receipt_id: str
@@ -65,8 +66,12 @@ class Transport(Protocol):
     connected_to: str
     #: Position in the broker list of the broker connected to (-1: none).
     connected_index: int
-    #: Whether dropping a subscription returns its un-acked messages to the queue (ActiveMQ).
-    returns_on_unsubscribe: bool
+    #: The kind of broker connected to: "activemq", "artemis" or "rabbitmq".
+    kind: str
+
+    @property
+    def returns_on_unsubscribe(self) -> bool:
+        """Whether dropping a subscription returns its un-acked messages to the queue (ActiveMQ, Artemis)."""
 
     def connect(self) -> None:
         """Connect to the first broker that answers; raises TransportError otherwise."""

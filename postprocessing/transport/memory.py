@@ -33,6 +33,7 @@ class MemoryTransport:
         self.fresh_ids = False
         self.connected_index = -1
         self.returns_on_unsubscribe = True
+        self.kind = "activemq"
         #: Set by tests: the connection is to a backup and the primary is back.
         self.primary_back = False
 

@@ -68,12 +68,20 @@ def take(broker: Any, destination: str, count: int, timeout: float = 30.0, settl
 
 def send(broker: Any, destination: str, body: Any, headers: Optional[Dict[str, str]] = None) -> None:
     """Send a persistent message and wait for the broker's receipt."""
+    send_many(broker, destination, [body], headers)
+
+
+def send_many(broker: Any, destination: str, bodies: List[Any], headers: Optional[Dict[str, str]] = None) -> None:
+    """Send persistent messages on one connection and wait for the broker's receipt of each."""
     conn, listener = connect(broker)
     try:
-        text = body if isinstance(body, (str, bytes)) else json.dumps(body)
-        conn.send(destination, text, headers={"persistent": "true", "receipt": "sent", **(headers or {})})
+        for index, body in enumerate(bodies):
+            text = body if isinstance(body, (str, bytes)) else json.dumps(body)
+            conn.send(destination, text, headers={"persistent": "true", "receipt": "sent-%d" % index,
+                                                  **(headers or {})})
         with listener.cond:
-            if not listener.cond.wait_for(lambda: "sent" in listener.receipts, timeout=30):
-                raise AssertionError("the broker did not confirm a message to %s" % destination)
+            if not listener.cond.wait_for(lambda: len(listener.receipts) >= len(bodies), timeout=60):
+                raise AssertionError("the broker confirmed %d of %d messages to %s"
+                                     % (len(listener.receipts), len(bodies), destination))
     finally:
         conn.disconnect()

@@ -1,0 +1,200 @@
+"""A private ActiveMQ Artemis broker for tests, the demo and the benchmark.
+
+``artemis create`` makes an instance directory from the distribution that
+``scripts/install-deps.sh`` fetched from Maven Central; its ``etc/broker.xml`` is replaced by
+the SNS-style ``artemis/broker.xml`` beside this module (the file docker-compose.yml runs),
+with free ports, data directory and HA role passed as system properties.  Two instances
+that share one store directory, one ``primary`` and one ``backup``, form a shared-store HA
+pair.  Users: ``icat`` (the agent) and ``workflow`` (the workflow manager), role ``amq``.
+"""
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import time
+from typing import Dict, List, Optional
+
+from postprocessing.devtools.activemq import free_port
+
+ARTEMIS_ROOT = os.environ.get("PP_ARTEMIS_ROOT", "/opt/artemis")
+BROKER_XML = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artemis", "broker.xml")
+USERS = {"icat": "icat", "workflow": "workflow"}
+
+
+def home() -> Optional[str]:
+    """The newest Artemis distribution under ARTEMIS_ROOT, or None."""
+    found = sorted(glob.glob(os.path.join(ARTEMIS_ROOT, "apache-artemis-*", "bin", "artemis")))
+    return os.path.dirname(os.path.dirname(found[-1])) if found else None
+
+
+def available() -> bool:
+    """Whether Java and an Artemis distribution are installed."""
+    return shutil.which("java") is not None and home() is not None
+
+
+class LocalArtemis:
+    """One broker process; ``start``/``kill``/``stop`` keep its data between runs.
+
+    ``store`` is the journal directory; give two brokers the same store and the roles
+    ``primary`` and ``backup`` for an HA pair.
+    """
+
+    kind = "artemis"
+
+    def __init__(self, workdir: str, port: Optional[int] = None, user: str = "icat", password: str = "icat",
+                 name: str = "autoreduce", host: str = "127.0.0.1", role: str = "primary",
+                 store: Optional[str] = None, max_delivery_attempts: int = 10,
+                 address_settings: str = "") -> None:
+        self.workdir = os.path.abspath(workdir)
+        self.port = port or free_port()
+        self.core_port = free_port()
+        self.user = user
+        self.password = password
+        self.name = name
+        self.host = host
+        self.role = role
+        self.store = os.path.abspath(store or os.path.join(self.workdir, "data"))
+        self.max_delivery_attempts = max_delivery_attempts
+        #: Extra <address-setting> elements, for tests (for example a small address that refuses sends).
+        self.address_settings = address_settings
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.instance = os.path.join(self.workdir, "instance")
+        self.log_path = os.path.join(self.workdir, "broker.log")
+
+    def _create(self) -> None:
+        if os.path.exists(os.path.join(self.instance, "bin", "artemis")):
+            return
+        distribution = home()
+        if distribution is None:
+            raise RuntimeError("no Artemis distribution under %s; run scripts/install-deps.sh" % ARTEMIS_ROOT)
+        os.makedirs(self.workdir, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            created = subprocess.run(
+                [os.path.join(distribution, "bin", "artemis"), "create", self.instance, "--silent", "--force",
+                 "--user", self.user, "--password", self.password, "--require-login", "--no-web", "--nio",
+                 "--no-amqp-acceptor", "--no-mqtt-acceptor", "--no-hornetq-acceptor"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if created.returncode != 0:
+            raise RuntimeError("artemis create failed (%d); see %s" % (created.returncode, self.log_path))
+        etc = os.path.join(self.instance, "etc")
+        with open(BROKER_XML, encoding="utf-8") as handle:
+            xml = handle.read()
+        with open(os.path.join(etc, "broker.xml"), "w", encoding="utf-8") as handle:
+            handle.write(xml.replace("</address-settings>", self.address_settings + "</address-settings>"))
+        users = dict(USERS, **{self.user: self.password})
+        with open(os.path.join(etc, "artemis-users.properties"), "w", encoding="utf-8") as handle:
+            handle.writelines("%s = %s\n" % item for item in sorted(users.items()))
+        with open(os.path.join(etc, "artemis-roles.properties"), "w", encoding="utf-8") as handle:
+            handle.write("amq = %s\n" % ",".join(sorted(users)))
+
+    def environment(self) -> Dict[str, str]:
+        """The JVM settings: a small heap, and the system properties broker.xml reads."""
+        props = {
+            "pp.name": self.name, "pp.host": self.host, "pp.stomp.port": self.port, "pp.core.port": self.core_port,
+            "pp.store": self.store, "pp.ha.policy": self.role, "pp.journal.sync": "false",
+            "pp.global.max.size": "64M", "pp.max.delivery.attempts": self.max_delivery_attempts,
+        }
+        java_args = ["-Xms64m", "-Xmx384m", "-Xss512k", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                     "-Dlog4j2.disableJmx=true", "--add-opens", "java.base/jdk.internal.misc=ALL-UNNAMED"]
+        java_args += ["-D%s=%s" % item for item in sorted(props.items())]
+        return dict(os.environ, JAVA_ARGS=" ".join(java_args))
+
+    def command(self) -> List[str]:
+        return [os.path.join(self.instance, "bin", "artemis"), "run"]
+
+    def start(self, timeout: float = 90.0, wait: bool = True) -> "LocalArtemis":
+        """Start the broker; unless ``wait`` is false (a backup), until its STOMP port answers."""
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        self._create()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         env=self.environment(), cwd=self.instance)
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Until the broker logs that it is live and its STOMP port answers."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError("Artemis exited with %s; see %s" % (
+                    self.proc.returncode if self.proc else None, self.log_path))
+            if self.answers():
+                return
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError("Artemis did not open port %d in %.0f s; see %s" % (self.port, timeout, self.log_path))
+
+    def wait_log(self, text: str, timeout: float = 60.0) -> None:
+        """Until the broker's log contains ``text`` (a backup says when it is ready to take over)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+                if text in handle.read():
+                    return
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError("Artemis exited; see %s" % self.log_path)
+            time.sleep(0.2)
+        raise RuntimeError("Artemis did not log %r in %.0f s; see %s" % (text, timeout, self.log_path))
+
+    def addresses(self) -> List[str]:
+        """The broker's addresses, from ``artemis address show`` over the Core acceptor."""
+        shown = subprocess.run(
+            [os.path.join(self.instance, "bin", "artemis"), "address", "show", "--url",
+             "tcp://%s:%d" % (self.host, self.core_port), "--user", self.user, "--password", self.password],
+            capture_output=True, text=True, timeout=120, env=self.environment())
+        if shown.returncode != 0:
+            raise RuntimeError("artemis address show failed: %s" % shown.stderr.strip()[-500:])
+        return [line.strip() for line in shown.stdout.splitlines()[1:] if line.strip()]
+
+    def answers(self) -> bool:
+        import socket
+
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL the broker, as a crash would."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        self._signal(signal.SIGTERM, wait=30.0)
+
+    def _signal(self, sig: int, wait: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            self.proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def main() -> None:
+    """``python -m postprocessing.devtools.artemis DIR [PORT]``: run a broker in the foreground."""
+    import sys
+
+    broker = LocalArtemis(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 61613)
+    broker.start()
+    print("Artemis STOMP on 127.0.0.1:%d (user icat/icat); Ctrl-C stops it" % broker.port, flush=True)
+    try:
+        assert broker.proc is not None
+        broker.proc.wait()
+    except KeyboardInterrupt:
+        broker.stop()
+
+
+if __name__ == "__main__":
+    main()
