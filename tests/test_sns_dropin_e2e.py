@@ -60,7 +60,7 @@ def test_test_processor_answers_started_and_complete(make_agent, facility, clien
 RECORDING_SCRIPT = """{conda}
 import json, os, sys
 record = {{"argv": sys.argv[1:], "cwd": os.getcwd(),
-          "env": {{k: v for k, v in os.environ.items() if k != "POSTPROCESSING_AGENT"}}}}
+          "env": {{k: v for k, v in os.environ.items() if not k.startswith("POSTPROCESSING_AGENT")}}}}
 with open(sys.argv[2] + "run.json", "w") as handle:
     json.dump(record, handle)
 print("reduced")
