@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Dict
 import requests
 
 from postprocessing import layout
+from postprocessing.errors import JobFailed
 from postprocessing.messages import RunRequest, outcome, parse_run
 from postprocessing.processors.base import JobContext, Outcome, Processor, Work
 from postprocessing.processors.oncat_reduced import load_record, record_name
@@ -31,7 +32,7 @@ def quoted(text: str) -> str:
     return text[:MAX_ANSWER_CHARS] + "...[%d characters]" % len(text)
 
 
-class IngestFailed(Exception):
+class IngestFailed(JobFailed):
     """The body could not be built (no usable reduction record)."""
 
 
