@@ -1,13 +1,14 @@
 """A small real HTTP server standing in for a Calvera or INTERSECT ingest endpoint.
 
 Every POST is recorded (path and JSON body) and answered with ``status`` and ``text``,
-which a test may change at any time.
+after ``delay`` seconds; a test may change them at any time.
 """
 
 import dataclasses
 import http.server
 import json
 import threading
+import time
 from typing import Any, List
 
 
@@ -21,6 +22,8 @@ class IngestServer:
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.status = 200
         self.text = "OK"
+        #: Seconds to wait, after recording a POST, before answering it.
+        self.delay = 0.0
         self._lock = threading.Lock()
         self._posted: List[Posted] = []
         server = self
@@ -63,10 +66,15 @@ class IngestServer:
             body = {"_raw": raw.decode("utf-8", "replace")}
         with self._lock:
             self._posted.append(Posted(handler.path, body))
-            status, text = self.status, self.text
+            status, text, delay = self.status, self.text, self.delay
+        if delay:
+            time.sleep(delay)
         data = text.encode("utf-8")
-        handler.send_response(status)
-        handler.send_header("Content-Type", "text/plain; charset=utf-8")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
+        try:
+            handler.send_response(status)
+            handler.send_header("Content-Type", "text/plain; charset=utf-8")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+        except OSError:
+            pass  # the client gave up (time limit and cancel tests)

@@ -100,6 +100,20 @@ def test_job_nice_below_the_agents_own_niceness_is_refused():
     assert config.from_mapping({"job_nice": max(own, 0)})[0].job_nice == max(own, 0)
 
 
+def test_job_nice_is_a_level_not_an_increment():
+    """An agent started at nice 3 with job_nice 5 runs its jobs at 5, not 8."""
+    code = ("import os, subprocess, sys\n"
+            "from postprocessing.jobs.process import _child_setup\n"
+            "os.nice(3 - os.nice(0))\n"
+            "out = subprocess.run([sys.executable, '-c', 'import os; print(os.nice(0))'], preexec_fn=_child_setup(5),"
+            " capture_output=True, text=True).stdout\n"
+            "print(out.strip())\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "5"
+
+
 @pytest.mark.parametrize("key, value", [
     ("facility", "S N S"), ("log_max_bytes", -5), ("log_backup_count", -1), ("max_wait_hold_sec", 0),
     ("job_nice", -1),

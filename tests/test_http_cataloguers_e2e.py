@@ -3,6 +3,7 @@
 import json
 import os
 import socket
+import time
 
 import pytest
 
@@ -133,3 +134,31 @@ def test_unusable_input_goes_to_postprocess_error(start_agent, facility, client,
                                                          "Run number is missing"])
     assert ingest.posted == []
     assert client.get(agent.q("intersect_reduced_error")) == [] and client.get(agent.q("calvera_raw_error")) == []
+
+
+def test_a_stalled_endpoint_ends_at_the_job_time_limit(start_agent, facility, client, ingest):
+    """The HTTP timeout is the service's; the job time limit applies as to every other job."""
+    ingest.delay = 20
+    agent = start_agent(ingest_timeout_sec=60, task_time_limit_minutes=0.02)
+    msg = facility.run("CNCS", "IPTS-1", 108)
+    client.send(agent.q("calvera_raw_data_ready"), msg)
+    error = client.wait(agent.q("calvera_raw_error"), timeout=15)[0]
+    assert error == dict(msg, information=socket.gethostname(),
+                         error="SENDING TO Calvera: Time limit exceeded: ran longer than 0.02 minutes")
+    assert len(ingest.posted) == 1
+
+
+def test_a_stalled_post_can_be_cancelled(start_agent, facility, client, ingest):
+    ingest.delay = 20
+    agent = start_agent(ingest_timeout_sec=60)
+    msg = facility.run("CNCS", "IPTS-1", 109)
+    client.send(agent.q("intersect_raw_data_ready"), msg)
+    deadline = time.monotonic() + 15
+    while not ingest.posted:
+        assert time.monotonic() < deadline, "the POST never arrived"
+        time.sleep(0.05)
+    client.send(agent.q("reduction_cancel"), {"cancel": True, "instrument": "CNCS", "run_number": "109",
+                                              "information": "alice"})
+    error = client.wait(agent.q("intersect_raw_error"), timeout=15)[0]
+    assert error["error"] == "SENDING TO Intersect: cancelled" and error["cancelled_by"] == "alice"
+    assert client.get(agent.q("intersect_raw_complete")) == []

@@ -6,7 +6,8 @@ left beside its output (``<output_dir>/<data file with .nxs.h5 replaced by .json
 HTTP 200 answers ``<kind>_complete``; anything else answers ``<kind>_error`` with
 ``"SENDING TO <service>: <response text or exception>"``, as the SNS agent words it.
 There is no STARTED message.  Unusable input goes to ``postprocess_error``, as for
-reduction.  With ``communication_only`` nothing is sent and the run completes.
+reduction.  With ``communication_only`` nothing is sent and the run completes.  The job
+time limit and cancel requests apply as to the ONCat jobs (``Processor.execute``).
 """
 
 import os
@@ -15,7 +16,8 @@ from typing import Any, ClassVar, Dict
 import requests
 
 from postprocessing import layout
-from postprocessing.messages import RunRequest, parse_run
+from postprocessing.errors import JobFailed
+from postprocessing.messages import RunRequest, outcome, parse_run
 from postprocessing.processors.base import JobContext, Outcome, Processor, Work
 from postprocessing.processors.oncat_reduced import load_record, record_name
 
@@ -30,7 +32,7 @@ def quoted(text: str) -> str:
     return text[:MAX_ANSWER_CHARS] + "...[%d characters]" % len(text)
 
 
-class IngestFailed(Exception):
+class IngestFailed(JobFailed):
     """The body could not be built (no usable reduction record)."""
 
 
@@ -44,6 +46,7 @@ class HttpIngestProcessor(Processor):
     error_key: ClassVar[str] = ""
     #: ``raw`` or ``reduced``: the ``type`` field of the POST body.
     data_type: ClassVar[str] = "raw"
+    cancellable = True
 
     def accept(self, data: Dict[str, Any]) -> Work:
         request = parse_run(data, self.config.facility)
@@ -51,6 +54,10 @@ class HttpIngestProcessor(Processor):
 
     def failed(self, ctx: JobContext, error: str) -> Outcome:
         return ctx.reply(self.config.destination(self.error_key), "SENDING TO %s: %s" % (self.service, error))
+
+    def cancelled(self, work: Work, who: str) -> Outcome:
+        return Outcome(self.config.destination(self.error_key), outcome(
+            work.fields, self.hostname, "SENDING TO %s: cancelled" % self.service, cancelled_by=who))
 
     def run(self, ctx: JobContext) -> Outcome:
         cfg = self.config
