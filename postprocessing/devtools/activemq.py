@@ -25,6 +25,7 @@ _XML = """<beans xmlns="http://www.springframework.org/schema/beans"
           populateJMSXUserID="true" useAuthenticatedPrincipalForJMSXUserID="true">
     <destinationPolicy><policyMap><policyEntries>
       <policyEntry queue=">" producerFlowControl="false"/>
+      <policyEntry queue="*.DLQ" producerFlowControl="false" maxPageSize="20000"/>
       <policyEntry topic=">" producerFlowControl="false"/>
     </policyEntries></policyMap></destinationPolicy>
     <persistenceAdapter><kahaDB directory="{data}/kahadb"/></persistenceAdapter>
