@@ -13,8 +13,7 @@ from typing import List, Tuple
 import psutil
 import pytest
 
-from tests.conftest import start_broker
-from tests.support.client import Collector
+from tests.conftest import collector
 
 pytestmark = pytest.mark.broker
 
@@ -123,17 +122,16 @@ def test_a_repeated_request_after_the_first_finished_runs_again(make_agent, faci
     assert_no_overlap(runs)
 
 
-@pytest.mark.activemq_only
 def test_broker_restart_with_two_busy_agents_and_an_idle_one_runs_each_request_once(
-        make_agent, facility, tmp_path):
+        make_agent, facility, private_broker):
     """The issue's first failure: the idle agent took both requeued runs, which ran again."""
-    broker = start_broker(str(tmp_path / "broker"))
+    broker = private_broker()
     watcher = None
     try:
         facility.script("CNCS", SLOW_SCRIPT.replace("SECONDS", "8"))
-        agents = [make_agent(name, broker_port=broker.port, **CLAIMS).start() for name in ("a", "b", "c")]
+        agents = [make_agent(name, on=broker, **CLAIMS).start() for name in ("a", "b", "c")]
         q = agents[0].q
-        watcher = Collector(broker.port)
+        watcher = collector(broker)
         watcher.subscribe(q("reduction_complete"), q("reduction_error"))
         for n in (1, 2):
             watcher.send(q("reduction_data_ready"), facility.run("CNCS", "IPTS-%d" % n, n))
