@@ -35,7 +35,7 @@ import psutil
 from postprocessing import layout
 from postprocessing.config import Config
 from postprocessing.messages import RunRequest
-from postprocessing.safefiles import UnsafePath, refuse_symlink
+from postprocessing.safefiles import UnsafePath, make_dirs
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ class Claims:
 
         Raises OSError (or UnsafePath) when the directory cannot be used."""
         directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        refuse_symlink(directory)
+        # Walked from the data root: a link a proposal's users planted is refused, not followed.
+        make_dirs(directory, self.config.data_root)
         nonce = uuid.uuid4().hex
         body = json.dumps({"host": self.host, "pid": self.pid, "nonce": nonce, "request": request,
                            "since": time.time()}).encode()
