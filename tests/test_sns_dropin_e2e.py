@@ -16,7 +16,9 @@ pytestmark = pytest.mark.broker
 
 
 def adapt(data, broker, tmp_path):
-    """Only host names, ports and paths change (and the broker account, which the test broker sets)."""
+    """Only host names, ports and paths change (and the broker account, which the test broker sets).
+
+    ``broker_type`` stays unset, as in SNS's files: the agent reads the broker's kind from it."""
     out = dict(data)
     where = "127.0.0.1:%d" % broker.port
     if "brokers" in out:
@@ -24,9 +26,7 @@ def adapt(data, broker, tmp_path):
     if "failover_uri" in out:
         for host, port in [tuple(b) for b in data.get("brokers", [])] + [("amqbroker.sns.gov", 61613)]:
             out["failover_uri"] = out["failover_uri"].replace("%s:%d" % (host, port), where)
-    out.update(amq_user=broker.user, amq_pwd=broker.password, broker_type=broker.kind)
-    if broker.kind == "rabbitmq":
-        out["stomp_vhost"] = "/"
+    out.update(amq_user=broker.user, amq_pwd=broker.password)
     out["log_file"] = str(tmp_path / "sns" / os.path.basename(data["log_file"]))
     return out
 
