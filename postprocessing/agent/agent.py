@@ -15,7 +15,7 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from postprocessing import messages
 from postprocessing.agent.cancels import CancelBook, CancelRequest, cancel_targets, closed_notice, parse_cancel, run_ref
@@ -69,8 +69,8 @@ class Agent:
         self.journal = Journal(config.journal_path, config.journal_keep_sec)
         self.leases = Leases(config, Claims(config, hostname, self.pid))
         self._keys = itertools.count(1)
-        #: ACK receipt id -> the journal row of the run it settles.
-        self._acks: Dict[str, int] = {}
+        #: ACK receipt id -> the journal row of the run it settles, and the run's done file.
+        self._acks: Dict[str, Tuple[int, Optional[Tuple[str, str]]]] = {}
         self.stopping = False
         self._stop_deadline: Optional[float] = None
         self._rejoin_until: Optional[float] = None
@@ -248,12 +248,15 @@ class Agent:
             run.delivery = d
             self._reconcile()
             return
-        row = self.journal.take_unacked(ident)
-        if row is not None:
+        taken = self.journal.take_unacked(ident)
+        done_ref = self.leases.still_unacked(taken[1]) if taken is not None else None
+        if taken is not None and done_ref is not None:
             logger.info("redelivery %s of a run whose outcome was confirmed: acknowledging", d.message_id)
-            self._ack(d, row)
+            self._ack(d, taken[0], done_ref)
             self._reconcile()
             return
+        if taken is not None:
+            logger.info("message %s repeats a run settled elsewhere since: a new request", d.message_id)
         run = Run("m%d" % next(self._keys), d, ident, self.journal.accepted(ident, None))
         self.runs.add(run)
         if d.subscription == _CANCEL_SUB:
@@ -309,8 +312,14 @@ class Agent:
         self.holding.next_admission = None
         if not self.holding.overloaded():
             for run in self.runs.in_state(RunState.WAITING):
-                if self.slots.can_start(run.instrument, run.proposal) and self.leases.claimed(run):
+                if not self.slots.can_start(run.instrument, run.proposal):
+                    continue
+                verdict = self.leases.claimed(run)
+                if verdict is None:
                     self._start(run)
+                elif verdict != "held":  # answered already by a claimant whose ack was lost
+                    self.journal.confirmed(run.row, verdict)
+                    self._settle(run)
         self._reconcile()
 
     def _reconcile(self) -> None:
@@ -390,9 +399,10 @@ class Agent:
                          on_confirm=lambda: self._confirmed(run.key, result), headers=result.headers)
 
     def _on_receipt(self, event: Receipt) -> None:
-        row = self._acks.pop(event.receipt_id, None)
-        if row is not None:
-            self.journal.acked(row)
+        acked = self._acks.pop(event.receipt_id, None)
+        if acked is not None:
+            self.journal.acked(acked[0])
+            self.leases.acked(acked[1])
             return
         pending = self.outbox.confirm(event)
         if pending is not None and pending.on_confirm is not None:
@@ -410,8 +420,8 @@ class Agent:
         """The outcome of ``key`` is safe at the broker: journal it, release its claim, settle it."""
         run = self.runs.get(key)
         if run is not None:
-            self.journal.confirmed(run.row, result.destination)
-            self.leases.release(run, result.destination, dict(result.body))
+            claim_ref = self.leases.release(run, result.destination, dict(result.body))
+            self.journal.confirmed(run.row, result.destination, claim_ref)
             self._settle(run)
 
     def _settle(self, run: Run) -> None:
@@ -422,18 +432,18 @@ class Agent:
         on a broker the agent failed over from); the journal answers its redelivery.
         """
         self.runs.pop(run.key)
-        self._ack(run.delivery, run.row)
+        self._ack(run.delivery, run.row, run.done_ref)
         self._reconcile()
 
-    def _ack(self, d: Delivery, row: int) -> None:
-        """ACK with a receipt: until it comes, the journal keeps the run "maybe not acked"."""
+    def _ack(self, d: Delivery, row: int, done_ref: Optional[Tuple[str, str]] = None) -> None:
+        """ACK with a receipt: until it comes, the journal (and the done file) keep the run "maybe not acked"."""
         receipt = "ack-%d" % next(self._keys)
         try:
             self.transport.ack(d, receipt=receipt)
         except NotConnected:
             logger.info("message %s will be redelivered and answered from the journal", d.message_id)
             return
-        self._acks[receipt] = row
+        self._acks[receipt] = (row, done_ref)
         self.subs.done(d)
 
     # -- cancellation --------------------------------------------------------------------
