@@ -18,7 +18,8 @@ import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from postprocessing import messages
-from postprocessing.agent.cancels import CancelBook, CancelRequest, cancel_targets, closed_notice, parse_cancel, run_ref
+from postprocessing.agent.cancelling import CancelDesk
+from postprocessing.agent.cancels import parse_cancel, run_ref
 from postprocessing.agent.claims import Claims
 from postprocessing.agent.events import JobDone, Publish, Stop
 from postprocessing.agent.heartbeat import heartbeat_body, ping_reply, reply_destination
@@ -62,11 +63,11 @@ class Agent:
         self.subs = Subscriptions(self.transport, list(self.processors))
         self.outbox = Outbox(self.transport, config.reconnect_initial_sec, config.reconnect_max_sec)
         self.slots = Slots(config.max_procs, config.jobs_per_instrument, config.serialize_per_proposal)
-        self.cancels = CancelBook(config.cancel_window_sec)
         self.holding = Holding(config)
         self.job_env = dict(job_env)
         self.runs = RunTable()
         self.journal = Journal(config.journal_path, config.journal_keep_sec)
+        self.cancel_desk = CancelDesk(config, hostname, self.transport, self.journal)
         self.leases = Leases(config, Claims(config, hostname, self.pid))
         self._keys = itertools.count(1)
         #: ACK receipt id -> the journal row of the run it settles, and the run's done file.
@@ -288,10 +289,9 @@ class Agent:
             if not processor.cancellable:
                 return
             self.journal.set_ref(run.row, run_ref(run.work.payload))
-            cancel = self.cancels.take(run.work.payload)
+            cancel = self.cancel_desk.on_arrival(run.work.payload)
             if cancel is not None:
                 logger.info("[%s] dropped on arrival: cancelled by %s", run.work.label, cancel.who)
-                self._announce_closed(cancel)
                 self._finish(run, processor.cancelled(run.work, cancel.who))
         except InvalidMessage as err:
             logger.error("rejected message %s on %s: %s", d.message_id, d.destination, err)
@@ -462,45 +462,16 @@ class Agent:
         self._finish(run, Outcome(self.config.cancel_fanout, fields))
 
     def _on_cancel(self, d: Delivery) -> None:
-        try:
-            fields = messages.decode_body(d.body, self.config.max_body_bytes)
-            closed = fields.get("cancel") == "closed"
-            cancel = parse_cancel(dict(fields, cancel=True) if closed else fields)
-        except InvalidMessage as err:
-            logger.warning("ignored a malformed cancel: %s", err)
-            return
-        if closed:
-            self.cancels.discard(cancel)
-            return
-        targets = cancel_targets(cancel, self.runs)
+        cancel, targets = self.cancel_desk.on_fanout(d.body, self.runs)
         for run in targets:
-            assert run.work is not None and run.processor is not None
+            assert cancel is not None and run.work is not None and run.processor is not None
             logger.info("[%s] cancelled by %s while %s", run.work.label, cancel.who, run.state.value)
             if run.state is RunState.RUNNING and run.ctx is not None:
                 run.ctx.cancel(cancel.who)
             else:
                 self._finish(run, run.processor.cancelled(run.work, cancel.who))
         if targets:
-            self.cancels.discard(cancel)
-            self._announce_closed(cancel)
             self._reconcile()
-        elif self.journal.settled_since(run_ref(cancel), time.time() - self.config.cancel_window_sec):
-            logger.info("cancel of %s %s by %s: that run finished here already", cancel.instrument,
-                        cancel.run_number, cancel.who)
-            self._announce_closed(cancel)
-        else:
-            self.cancels.add(cancel)
-            logger.info("cancel of %s %s by %s: no such run here; it stands for %.0f s", cancel.instrument,
-                        cancel.run_number, cancel.who, self.config.cancel_window_sec)
-
-    def _announce_closed(self, cancel: CancelRequest) -> None:
-        """Tell every agent that ``cancel`` met its run, so that it stands nowhere any more."""
-        try:
-            self.transport.send(self.config.cancel_fanout, messages.encode(closed_notice(cancel, self.hostname)),
-                                headers={"persistent": "false"})
-        except NotConnected:
-            logger.info("could not announce that the cancel of %s %s is done: not connected",
-                        cancel.instrument, cancel.run_number)
 
     # -- ping ----------------------------------------------------------------------------
     def _answer_ping(self, d: Delivery) -> None:
