@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS runs (
     run_ref TEXT,
     state TEXT NOT NULL,
     destination TEXT,
-    claim TEXT,
+    claim BLOB,
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_identity ON runs (identity, state);
@@ -84,9 +84,11 @@ class Journal:
     def confirmed(self, row: int, destination: str, claim: Optional[str] = None) -> None:
         """The run's outcome is safe at the broker; its ack is not confirmed yet.
 
-        ``claim`` names the done file the outcome left on the shared filesystem (claims.py)."""
+        ``claim`` names the done file the outcome left on the shared filesystem (claims.py); it
+        is a path, kept as bytes (a file name need not be valid UTF-8)."""
+        raw = claim.encode("utf-8", "surrogateescape") if claim is not None else None
         self._db.execute("UPDATE runs SET state = ?, destination = ?, claim = ?, updated = ? WHERE id = ?",
-                         (UNACKED, destination, claim, time.time(), row))
+                         (UNACKED, destination, raw, time.time(), row))
 
     def acked(self, row: int) -> None:
         """The broker confirmed the run's ACK: nothing of it can come back."""
@@ -103,7 +105,8 @@ class Journal:
         if found is None:
             return None
         self._set(int(found[0]), ANSWERED)
-        return int(found[0]), found[1]
+        claim = bytes(found[1]).decode("utf-8", "surrogateescape") if found[1] is not None else None
+        return int(found[0]), claim
 
     def settled_since(self, run_ref: str, since: float) -> bool:
         """Whether a run with this reference settled (outcome confirmed) after ``since`` (wall clock)."""
