@@ -125,13 +125,13 @@ class StompTransport:
         try:
             self._live().subscribe(destination, id=sub_id,
                                    ack="client-individual" if client_ack else "auto", headers=headers)
-        except StompException as err:
+        except (StompException, OSError) as err:
             raise NotConnected(str(err)) from None
 
     def unsubscribe(self, sub_id: str) -> None:
         try:
             self._live().unsubscribe(id=sub_id)
-        except StompException as err:
+        except (StompException, OSError) as err:
             raise NotConnected(str(err)) from None
 
     def send(self, destination: str, body: bytes, receipt: Optional[str] = None,
@@ -143,7 +143,7 @@ class StompTransport:
             frame_headers["receipt"] = receipt
         try:
             self._live().send(destination, body, headers=frame_headers)
-        except StompException as err:
+        except (StompException, OSError) as err:
             raise NotConnected(str(err)) from None
 
     def ack(self, delivery: Delivery, receipt: Optional[str] = None) -> None:
@@ -151,7 +151,7 @@ class StompTransport:
             raise NotConnected("delivery belongs to an earlier connection")
         try:
             self._live().ack(delivery.ack_id, receipt=receipt)
-        except StompException as err:
+        except (StompException, OSError) as err:
             raise NotConnected(str(err)) from None
 
     def release(self, delivery: Delivery) -> None:
@@ -164,7 +164,7 @@ class StompTransport:
             return
         try:
             self._live().nack(delivery.ack_id, requeue="true")
-        except StompException as err:
+        except (StompException, OSError) as err:
             raise NotConnected(str(err)) from None
 
     def disconnect(self) -> None:
