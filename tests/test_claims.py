@@ -23,12 +23,28 @@ def test_one_claim_per_run_across_hosts_and_the_holder_gets_the_outcome(tmp_path
     watch = b.claim(path, "q:abc")
     assert isinstance(watch, Watch) and (watch.host, watch.pid) == ("host-a", 100)
     assert b.check(watch) == "live"
-    a.release(mine, "/queue/DONE", {"run_number": "1"})
+    a.release(mine, "q:abc", "/queue/DONE", {"run_number": "1"})
     assert not os.path.exists(path)
     assert b.check(watch) == "done"
-    assert b.outcome(watch) == {"destination": "/queue/DONE", "body": {"run_number": "1"}, "host": "host-a"}
+    assert b.outcome(path, watch.nonce) == {"nonce": mine.nonce, "request": "q:abc", "destination": "/queue/DONE",
+                                            "body": {"run_number": "1"}, "host": "host-a"}
+    b.acked(path, watch.nonce)
+    assert b.outcome(path, request="q:abc") is None, "an acked run's outcome would answer a repeated request"
     again = b.claim(path, "q:abc")
     assert isinstance(again, Claim), "a finished run's claim blocked a new request"
+
+
+def test_a_done_file_answers_its_request_until_the_ack_is_confirmed(tmp_path):
+    """The claimant died after its outcome was confirmed, before its ACK was: another agent answers."""
+    path = str(tmp_path / "CNCS_9.nxs.h5.reduction.lease")
+    a, b = claims("host-a", 100), claims("host-b", 200)
+    mine = a.claim(path, "q:r")
+    assert isinstance(mine, Claim)
+    a.release(mine, "q:r", "/queue/DONE", {})
+    assert b.outcome(path, request="q:other") is None
+    assert b.outcome(path, request="q:r")["destination"] == "/queue/DONE"
+    a.acked(path, "not-its-nonce")
+    assert b.outcome(path, request="q:r") is not None, "another claim's ack cleared this outcome"
 
 
 def test_a_lease_whose_heartbeat_stops_goes_stale_and_is_taken_over(tmp_path):
@@ -61,6 +77,7 @@ def test_a_dead_claimant_on_this_host_is_taken_over_at_once(tmp_path):
 def test_no_claim_through_a_planted_link(tmp_path):
     target = tmp_path / "elsewhere"
     target.mkdir()
+    os.chmod(str(tmp_path), 0o777)  # users can write here, so a link here is theirs, not the facility's
     log_dir = tmp_path / "reduction_log"
     os.symlink(str(target), str(log_dir))
     with pytest.raises(UnsafePath):
@@ -73,8 +90,8 @@ def test_no_claim_through_a_planted_link(tmp_path):
 
 
 def test_old_done_files_are_pruned_when_a_run_is_claimed(tmp_path):
-    old = tmp_path / "CNCS_4.nxs.h5.reduction.lease.n1.done"
-    new = tmp_path / "CNCS_5.nxs.h5.reduction.lease.n2.done"
+    old = tmp_path / "CNCS_4.nxs.h5.reduction.lease.done"
+    new = tmp_path / "CNCS_5.nxs.h5.reduction.lease.done"
     other = tmp_path / "CNCS_4.nxs.h5.err"
     for path in (old, new, other):
         path.write_text("{}")

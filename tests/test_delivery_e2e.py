@@ -63,7 +63,8 @@ def test_redelivery_to_a_second_agent_waits_for_the_first_and_settles_from_its_o
     facility.script("CNCS", SLOW_SCRIPT.replace("SECONDS", "14"))
     a = make_agent("a", **CLAIMS).start()
     b = make_agent("b", **CLAIMS).start()
-    client.send(a.q("reduction_data_ready"), facility.run("CNCS", "IPTS-7", 70))
+    msg = facility.run("CNCS", "IPTS-7", 70)
+    client.send(a.q("reduction_data_ready"), msg)
     client.wait(a.q("reduction_started"))
     runner, other = (a, b) if "starting reduction job" in a.log() else (b, a)
     runner.proc.send_signal(signal.SIGSTOP)
@@ -79,6 +80,13 @@ def test_redelivery_to_a_second_agent_waits_for_the_first_and_settles_from_its_o
     assert complete[0]["run_number"] == "70"
     assert "starting reduction job" not in other.log()
     assert "held:" in other.log(), "the run never reached the second agent: nothing was tested"
+
+    # The first agent's journal still says "maybe not acked"; the holder's confirmed ACK has
+    # cleared the done file, so the same request sent again is new, whichever agent gets it.
+    facility.script("CNCS", SLOW_SCRIPT.replace("SECONDS", "0"))
+    client.send(a.q("reduction_data_ready"), msg)
+    client.wait(a.q("reduction_complete"), count=2, timeout=60)
+    assert len(executions(facility, "CNCS", "IPTS-7")) == 2, "the repeated request did not run"
     # Usually the holder settles it from the claimant's outcome; if the holder's own connection
     # dropped meanwhile, the message went back and the claimant's redelivery rejoined its job.
     assert "answered it" in other.log() or "rejoins its" in runner.log()

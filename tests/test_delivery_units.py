@@ -241,3 +241,28 @@ def test_a_cancel_that_meets_its_run_announces_it_is_closed():
     assert bodies(transport, "/topic/POSTPROCESSING.CANCEL")[0]["cancel"] == "closed"
     proc.gate.set()
     spin(agent, lambda: transport.acked)
+
+
+@IDS
+def test_a_run_confirmed_by_an_agent_that_never_came_back_is_answered_by_another(tmp_path, fresh_ids):
+    """Promise 4 across agents: A confirmed the outcome, its ACK was lost, A is gone for good."""
+    run = body(n="1", inst="CNCS", ipts="IPTS-1", data_file="/SNS/CNCS/IPTS-1/nexus/CNCS_1.nxs.h5")
+    first, first_broker, first_proc = make(data_root=str(tmp_path))
+    first_proc.gate.set()
+    first.run_once(0)
+    first_broker.lose_acks = True
+    first_broker.publish(QUEUE, run)
+    spin(first, lambda: bodies(first_broker, "/queue/DONE") and not first.runs)
+
+    other, broker, proc = make(data_root=str(tmp_path))
+    broker.fresh_ids = fresh_ids
+    proc.gate.set()
+    other.run_once(0)
+    broker.publish(QUEUE, run, {"redelivered": "true"})
+    spin(other, lambda: broker.acked)
+    settle_down(other)
+    assert proc.ran == [] and not bodies(broker, "/queue/DONE"), "a confirmed run ran again elsewhere"
+    broker.publish(QUEUE, run)
+    spin(other, lambda: len(broker.acked) == 2)
+    assert proc.ran == ["1"], "the same request sent again later did not run"
+    assert len(bodies(broker, "/queue/DONE")) == 1

@@ -17,7 +17,7 @@ def test_an_unacked_record_answers_one_delivery_then_is_gone(tmp_path):
     journal.running(row)
     journal.confirmed(row, "/queue/DONE")
     assert journal.take_unacked(identity("/queue/B", b"{}")) is None, "another queue's request matched"
-    assert journal.take_unacked(ident) == row
+    assert journal.take_unacked(ident) == (row, None)
     assert journal.take_unacked(ident) is None, "a repeated request would be answered without running"
 
 
@@ -67,3 +67,12 @@ def test_an_unusable_journal_path_names_the_key(tmp_path):
 def test_delivery_keys_are_validated(key, value):
     with pytest.raises(ConfigError, match=key):
         config.from_mapping({key: value})
+
+
+def test_a_claim_whose_path_is_not_utf8_is_kept(tmp_path):
+    """A data file name with an undecodable byte (surrogate-escaped) reaches the claim's path."""
+    journal = Journal(str(tmp_path / "j.db"), keep_sec=60)
+    ident = identity("/queue/A", b"z")
+    claim = "/data/reduction_log/\udcff.nxs.h5.reduction.lease\nnonce"
+    journal.confirmed(journal.accepted(ident, None), "/queue/DONE", claim)
+    assert journal.take_unacked(ident)[1] == claim

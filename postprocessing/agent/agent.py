@@ -15,10 +15,11 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from postprocessing import logsafe, messages
-from postprocessing.agent.cancels import CancelBook, CancelRequest, cancel_targets, closed_notice, parse_cancel, run_ref
+from postprocessing.agent.cancelling import CancelDesk
+from postprocessing.agent.cancels import parse_cancel, run_ref
 from postprocessing.agent.claims import Claims
 from postprocessing.agent.events import JobDone, Publish, Stop
 from postprocessing.agent.heartbeat import heartbeat_body, ping_reply, reply_destination
@@ -64,15 +65,15 @@ class Agent:
         self.subs = Subscriptions(self.transport, list(self.processors))
         self.outbox = Outbox(self.transport, config.reconnect_initial_sec)
         self.slots = Slots(config.max_procs, config.jobs_per_instrument, config.serialize_per_proposal)
-        self.cancels = CancelBook(config.cancel_window_sec)
         self.holding = Holding(config)
         self.job_env = dict(job_env)
         self.runs = RunTable()
         self.journal = Journal(config.journal_path, config.journal_keep_sec)
+        self.cancel_desk = CancelDesk(config, hostname, self.transport, self.journal)
         self.leases = Leases(config, Claims(config, hostname, self.pid))
         self._keys = itertools.count(1)
-        #: ACK receipt id -> the journal row of the run it settles.
-        self._acks: Dict[str, int] = {}
+        #: ACK receipt id -> the journal row of the run it settles, and the run's done file.
+        self._acks: Dict[str, Tuple[int, Optional[Tuple[str, str]]]] = {}
         self.stopping = False
         self._stop_deadline: Optional[float] = None
         self._rejoin_until: Optional[float] = None
@@ -252,12 +253,15 @@ class Agent:
             run.delivery = d
             self._reconcile()
             return
-        row = self.journal.take_unacked(ident)
-        if row is not None:
+        taken = self.journal.take_unacked(ident)
+        done_ref = self.leases.still_unacked(taken[1]) if taken is not None else None
+        if taken is not None and done_ref is not None:
             logger.info("redelivery %s of a run whose outcome was confirmed: acknowledging", logsafe.text(d.message_id))
-            self._ack(d, row)
+            self._ack(d, taken[0], done_ref)
             self._reconcile()
             return
+        if taken is not None:
+            logger.info("message %s repeats a run settled elsewhere since: a new request", logsafe.text(d.message_id))
         run = Run("m%d" % next(self._keys), d, ident, self.journal.accepted(ident, None))
         self.runs.add(run)
         if d.subscription == _CANCEL_SUB:
@@ -289,10 +293,9 @@ class Agent:
             if not processor.cancellable:
                 return
             self.journal.set_ref(run.row, run_ref(run.work.payload))
-            cancel = self.cancels.take(run.work.payload)
+            cancel = self.cancel_desk.on_arrival(run.work.payload)
             if cancel is not None:
-                logger.info("[%s] dropped on arrival: cancelled by %s", run.work.label, logsafe.text(cancel.who))
-                self._announce_closed(cancel)
+                logger.info("[%s] dropped on arrival: cancelled by %s", run.work.label, cancel.who)
                 self._finish(run, processor.cancelled(run.work, cancel.who))
         except InvalidMessage as err:
             logger.error("rejected message %s on %s: %s", logsafe.text(d.message_id), logsafe.text(d.destination),
@@ -314,8 +317,14 @@ class Agent:
         self.holding.next_admission = None
         if not self.holding.overloaded():
             for run in self.runs.in_state(RunState.WAITING):
-                if self.slots.can_start(run.instrument, run.proposal) and self.leases.claimed(run):
+                if not self.slots.can_start(run.instrument, run.proposal):
+                    continue
+                verdict = self.leases.claimed(run)
+                if verdict is None:
                     self._start(run)
+                elif verdict != "held":  # answered already by a claimant whose ack was lost
+                    self.journal.confirmed(run.row, verdict)
+                    self._settle(run)
         self._reconcile()
 
     def _reconcile(self) -> None:
@@ -395,9 +404,10 @@ class Agent:
                          on_confirm=lambda: self._confirmed(run.key, result), headers=result.headers)
 
     def _on_receipt(self, event: Receipt) -> None:
-        row = self._acks.pop(event.receipt_id, None)
-        if row is not None:
-            self.journal.acked(row)
+        acked = self._acks.pop(event.receipt_id, None)
+        if acked is not None:
+            self.journal.acked(acked[0])
+            self.leases.acked(acked[1])
             return
         pending = self.outbox.confirm(event)
         if pending is not None and pending.on_confirm is not None:
@@ -415,8 +425,8 @@ class Agent:
         """The outcome of ``key`` is safe at the broker: journal it, release its claim, settle it."""
         run = self.runs.get(key)
         if run is not None:
-            self.journal.confirmed(run.row, result.destination)
-            self.leases.release(run, result.destination, dict(result.body))
+            claim_ref = self.leases.release(run, result.destination, dict(result.body))
+            self.journal.confirmed(run.row, result.destination, claim_ref)
             self._settle(run)
 
     def _settle(self, run: Run) -> None:
@@ -427,18 +437,18 @@ class Agent:
         on a broker the agent failed over from); the journal answers its redelivery.
         """
         self.runs.pop(run.key)
-        self._ack(run.delivery, run.row)
+        self._ack(run.delivery, run.row, run.done_ref)
         self._reconcile()
 
-    def _ack(self, d: Delivery, row: int) -> None:
-        """ACK with a receipt: until it comes, the journal keeps the run "maybe not acked"."""
+    def _ack(self, d: Delivery, row: int, done_ref: Optional[Tuple[str, str]] = None) -> None:
+        """ACK with a receipt: until it comes, the journal (and the done file) keep the run "maybe not acked"."""
         receipt = "ack-%d" % next(self._keys)
         try:
             self.transport.ack(d, receipt=receipt)
         except NotConnected:
             logger.info("message %s will be redelivered and answered from the journal", d.message_id)
             return
-        self._acks[receipt] = row
+        self._acks[receipt] = (row, done_ref)
         self.subs.done(d)
 
     # -- cancellation --------------------------------------------------------------------
@@ -457,45 +467,16 @@ class Agent:
         self._finish(run, Outcome(self.config.cancel_fanout, fields))
 
     def _on_cancel(self, d: Delivery) -> None:
-        try:
-            fields = messages.decode_body(d.body, self.config.max_body_bytes)
-            closed = fields.get("cancel") == "closed"
-            cancel = parse_cancel(dict(fields, cancel=True) if closed else fields)
-        except InvalidMessage as err:
-            logger.warning("ignored a malformed cancel: %s", logsafe.text(err))
-            return
-        if closed:
-            self.cancels.discard(cancel)
-            return
-        targets = cancel_targets(cancel, self.runs)
+        cancel, targets = self.cancel_desk.on_fanout(d.body, self.runs)
         for run in targets:
-            assert run.work is not None and run.processor is not None
+            assert cancel is not None and run.work is not None and run.processor is not None
             logger.info("[%s] cancelled by %s while %s", run.work.label, logsafe.text(cancel.who), run.state.value)
             if run.state is RunState.RUNNING and run.ctx is not None:
                 run.ctx.cancel(cancel.who)
             else:
                 self._finish(run, run.processor.cancelled(run.work, cancel.who))
         if targets:
-            self.cancels.discard(cancel)
-            self._announce_closed(cancel)
             self._reconcile()
-        elif self.journal.settled_since(run_ref(cancel), time.time() - self.config.cancel_window_sec):
-            logger.info("cancel of %s %s by %s: that run finished here already", cancel.instrument,
-                        cancel.run_number, logsafe.text(cancel.who))
-            self._announce_closed(cancel)
-        else:
-            self.cancels.add(cancel)
-            logger.info("cancel of %s %s by %s: no such run here; it stands for %.0f s", cancel.instrument,
-                        cancel.run_number, logsafe.text(cancel.who), self.config.cancel_window_sec)
-
-    def _announce_closed(self, cancel: CancelRequest) -> None:
-        """Tell every agent that ``cancel`` met its run, so that it stands nowhere any more."""
-        try:
-            self.transport.send(self.config.cancel_fanout, messages.encode(closed_notice(cancel, self.hostname)),
-                                headers={"persistent": "false"})
-        except NotConnected:
-            logger.info("could not announce that the cancel of %s %s is done: not connected",
-                        cancel.instrument, cancel.run_number)
 
     # -- ping ----------------------------------------------------------------------------
     def _answer_ping(self, d: Delivery) -> None:

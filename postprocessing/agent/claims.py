@@ -12,9 +12,13 @@ modification time has not changed for ``lease_stale_sec`` while it watched is st
 clocks need not agree between hosts.  A lease of a dead process on this same host is
 stale at once.
 
-When the claimant's outcome is confirmed by the broker it writes ``<lease>.<nonce>.done``
-(the outcome's destination and body), then removes the lease.  An agent that holds a
-redelivery of the run settles it from that file, without running it again.
+When the claimant's outcome is confirmed by the broker it writes ``<lease>.done`` (its
+nonce, the request's identity, the outcome's destination and body), then removes the lease.
+The done file says "outcome confirmed, message maybe not acked": whoever acks the run's
+message with a confirmed ACK removes it.  Until then it answers the run's message wherever it
+is delivered: an agent that holds it settles it from the file, and an agent that receives it
+later (the claimant died before its ACK was confirmed) finds the file instead of a lease and
+settles it too, without running it again.
 
 Writes never follow a planted symbolic link: the lease and done files are created with
 ``O_EXCL | O_NOFOLLOW``, and the directory itself must not be a link.
@@ -136,17 +140,18 @@ class Claims:
         claim.refreshed = now
         return True
 
-    def release(self, claim: Claim, destination: Optional[str], body: Optional[Mapping[str, Any]]) -> None:
-        """The run is over: leave its confirmed outcome for whoever holds it (if any), drop the lease."""
+    def release(self, claim: Claim, request: str, destination: str, body: Optional[Mapping[str, Any]]) -> None:
+        """The run's outcome is confirmed: leave it for whoever gets the run's message, drop the lease."""
         try:
-            if destination is not None:
-                done = json.dumps({"destination": destination, "body": body, "host": self.host}).encode()
-                fd = os.open(self.done_path(claim.path, claim.nonce),
-                             os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644)
-                try:
-                    os.write(fd, done)
-                finally:
-                    os.close(fd)
+            done = json.dumps({"nonce": claim.nonce, "request": request, "destination": destination,
+                               "body": body, "host": self.host}).encode()
+            fresh = "%s.%s" % (self.done_path(claim.path), claim.nonce)
+            fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644)
+            try:
+                os.write(fd, done)
+            finally:
+                os.close(fd)
+            os.rename(fresh, self.done_path(claim.path))  # replaces a link there, never follows it
             current = self._read(claim.path)
             if current is not None and current.get("nonce") == claim.nonce:
                 os.unlink(claim.path)
@@ -168,11 +173,11 @@ class Claims:
 
     def check(self, watch: Watch) -> str:
         """What became of a watched lease: "done", "live", "stale" or "gone"."""
-        if os.path.exists(self.done_path(watch.path, watch.nonce)):
+        if self.outcome(watch.path, watch.nonce) is not None:
             return "done"
         current = self.look(watch.path)
         if current is None:
-            return "done" if os.path.exists(self.done_path(watch.path, watch.nonce)) else "gone"
+            return "done" if self.outcome(watch.path, watch.nonce) is not None else "gone"
         if current.nonce != watch.nonce or current.mtime != watch.mtime:
             watch.nonce, watch.mtime, watch.since = current.nonce, current.mtime, current.since
             watch.host, watch.pid = current.host, current.pid
@@ -181,10 +186,25 @@ class Claims:
             return "stale"
         return "live"
 
-    def outcome(self, watch: Watch) -> Optional[Dict[str, Any]]:
-        """The confirmed outcome the claimant left: {"destination", "body"}."""
-        data = self._read(self.done_path(watch.path, watch.nonce))
-        return data if data and isinstance(data.get("destination"), str) else None
+    def outcome(self, path: str, nonce: Optional[str] = None,
+                request: Optional[str] = None) -> Optional[Dict[str, Any]]:
+        """The confirmed outcome left beside lease ``path`` (of claim ``nonce``, or of ``request``)."""
+        data = self._read(self.done_path(path))
+        if not data or not isinstance(data.get("destination"), str):
+            return None
+        if nonce is not None and data.get("nonce") != nonce:
+            return None
+        if request is not None and data.get("request") != request:
+            return None
+        return data
+
+    def acked(self, path: str, nonce: str) -> None:
+        """The run's message is acked for good (receipt): its done file has nothing more to answer."""
+        try:
+            if self.outcome(path, nonce) is not None:
+                os.unlink(self.done_path(path))
+        except OSError as err:
+            logger.warning("could not remove %s: %s", self.done_path(path), err)
 
     def break_lease(self, watch: Watch) -> None:
         """Remove a stale lease, unless it changed meanwhile (then it is left alone)."""
@@ -202,8 +222,8 @@ class Claims:
         os.unlink(aside)
 
     @staticmethod
-    def done_path(path: str, nonce: str) -> str:
-        return "%s.%s.done" % (path, nonce)
+    def done_path(path: str) -> str:
+        return path + ".done"
 
     # -- helpers -------------------------------------------------------------------------
     def _dead_here(self, watch: Watch) -> bool:
@@ -222,7 +242,7 @@ class Claims:
         cutoff = time.time() - self.config.journal_keep_sec
         try:
             for entry in os.scandir(directory):
-                if ".lease." in entry.name and entry.name.endswith(".done") \
+                if ".lease.done" in entry.name \
                         and entry.stat(follow_symlinks=False).st_mtime < cutoff:
                     os.unlink(entry.path)
         except OSError as err:

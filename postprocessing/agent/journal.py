@@ -15,7 +15,7 @@ import logging
 import os
 import sqlite3
 import time
-from typing import Optional
+from typing import Optional, Tuple
 
 from postprocessing.errors import ConfigError
 
@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS runs (
     run_ref TEXT,
     state TEXT NOT NULL,
     destination TEXT,
+    claim BLOB,
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_identity ON runs (identity, state);
@@ -80,10 +81,14 @@ class Journal:
     def running(self, row: int) -> None:
         self._set(row, RUNNING)
 
-    def confirmed(self, row: int, destination: str) -> None:
-        """The run's outcome is safe at the broker; its ack is not confirmed yet."""
-        self._db.execute("UPDATE runs SET state = ?, destination = ?, updated = ? WHERE id = ?",
-                         (UNACKED, destination, time.time(), row))
+    def confirmed(self, row: int, destination: str, claim: Optional[str] = None) -> None:
+        """The run's outcome is safe at the broker; its ack is not confirmed yet.
+
+        ``claim`` names the done file the outcome left on the shared filesystem (claims.py); it
+        is a path, kept as bytes (a file name need not be valid UTF-8)."""
+        raw = claim.encode("utf-8", "surrogateescape") if claim is not None else None
+        self._db.execute("UPDATE runs SET state = ?, destination = ?, claim = ?, updated = ? WHERE id = ?",
+                         (UNACKED, destination, raw, time.time(), row))
 
     def acked(self, row: int) -> None:
         """The broker confirmed the run's ACK: nothing of it can come back."""
@@ -93,14 +98,15 @@ class Journal:
         """The run went back to the broker before it ran."""
         self._db.execute("DELETE FROM runs WHERE id = ?", (row,))
 
-    def take_unacked(self, ident: str) -> Optional[int]:
-        """A confirmed run with this identity whose ack may be lost: it is answered, and gone."""
-        found = self._db.execute("SELECT id FROM runs WHERE identity = ? AND state = ? ORDER BY id LIMIT 1",
+    def take_unacked(self, ident: str) -> Optional[Tuple[int, Optional[str]]]:
+        """A confirmed run with this identity whose ack may be lost, and its claim: taken, and gone."""
+        found = self._db.execute("SELECT id, claim FROM runs WHERE identity = ? AND state = ? ORDER BY id LIMIT 1",
                                  (ident, UNACKED)).fetchone()
         if found is None:
             return None
         self._set(int(found[0]), ANSWERED)
-        return int(found[0])
+        claim = bytes(found[1]).decode("utf-8", "surrogateescape") if found[1] is not None else None
+        return int(found[0]), claim
 
     def settled_since(self, run_ref: str, since: float) -> bool:
         """Whether a run with this reference settled (outcome confirmed) after ``since`` (wall clock)."""

@@ -23,27 +23,38 @@ class Leases:
         #: When to refresh claims and look at held runs again.
         self.due: Optional[float] = None
 
-    def claimed(self, run: Run) -> bool:
-        """Claim a reduction before it runs; False when another agent runs it (the run is then HELD)."""
+    def claimed(self, run: Run) -> Optional[str]:
+        """Claim a reduction before it runs.
+
+        Returns None to run it; "held" when another agent runs it (the run is then HELD); or
+        the destination of the outcome a claimant already confirmed for this very message,
+        whose ACK was never confirmed (the run is to be settled without running)."""
         assert run.work is not None and run.processor is not None
         if run.claim is not None or not run.processor.cancellable or self.config.communication_only:
-            return True
+            return None
         path = lease_path(self.config, run.work.payload, run.processor.name)
         if path is None:
-            return True
+            return None
         try:
+            done = self.claims.outcome(path, request=run.identity)
+            if done is not None and self.claims.look(path) is None:
+                logger.info("[%s] %s confirmed its outcome (%s) but not its ack: settling without running it",
+                            run.label, done.get("host"), done["destination"])
+                run.done_ref = (path, str(done.get("nonce")))
+                return str(done["destination"])
             got = self.claims.claim(path, run.identity)
         except (OSError, UnsafePath) as err:
             logger.warning("[%s] cannot claim %s (%s): running it unclaimed", run.label, path, err)
-            return True
+            return None
         if isinstance(got, Claim):
             run.claim = got
+            run.done_ref = (got.path, got.nonce)
         else:
             logger.info("[%s] held: %s pid %d runs it (%s)", run.label, got.host or "?", got.pid, path)
             run.state, run.watch = RunState.HELD, got
         if self.due is None:
             self.due = time.monotonic() + self.config.lease_refresh_sec
-        return run.claim is not None
+        return None if run.claim is not None else "held"
 
     def tick(self, runs: RunTable) -> Tuple[List[Tuple[Run, str]], bool]:
         """Refresh our claims and look at held runs.
@@ -67,17 +78,35 @@ class Leases:
             self.due = time.monotonic() + self.config.lease_refresh_sec
         return answered, freed
 
-    def release(self, run: Run, destination: str, body: object) -> None:
-        if run.claim is not None:
-            self.claims.release(run.claim, destination, body if isinstance(body, dict) else None)
+    def release(self, run: Run, destination: str, body: object) -> Optional[str]:
+        """The run's outcome is confirmed: leave it beside the lease; returns the journal's claim reference."""
+        if run.claim is None:
+            return None
+        self.claims.release(run.claim, run.identity, destination, body if isinstance(body, dict) else None)
+        return "%s\n%s" % (run.claim.path, run.claim.nonce)
+
+    def still_unacked(self, claim_ref: Optional[str]) -> Optional[Tuple[str, str]]:
+        """For a journal record: its done file, if nobody has acked its message since (None: gone).
+
+        Without a claim reference (an unclaimed run) the journal alone answers: ("", "")."""
+        if not claim_ref:
+            return "", ""
+        path, _sep, nonce = claim_ref.partition("\n")
+        return (path, nonce) if self.claims.outcome(path, nonce) is not None else None
+
+    def acked(self, done_ref: Optional[Tuple[str, str]]) -> None:
+        """The run's message is acked for good: its done file answers nothing more."""
+        if done_ref is not None and done_ref[0]:
+            self.claims.acked(*done_ref)
 
     def _look(self, run: Run) -> Optional[str]:
         """A held run: the destination of its claimant's outcome once out; or free it if the claim died."""
         assert run.watch is not None
         state = self.claims.check(run.watch)
         if state == "done":
-            done = self.claims.outcome(run.watch)
+            done = self.claims.outcome(run.watch.path, run.watch.nonce)
             destination = str(done["destination"]) if done else ""
+            run.done_ref = (run.watch.path, run.watch.nonce)
             logger.info("[%s] %s answered it (%s): settling without running it", run.label, run.watch.host,
                         destination or "outcome unreadable")
             return destination

@@ -4,7 +4,7 @@ import collections
 import dataclasses
 import enum
 import time
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 from postprocessing.agent.claims import Claim, Watch
 from postprocessing.processors.base import JobContext, Processor, Work
@@ -42,6 +42,8 @@ class Run:
     watch: Optional[Watch] = None
     #: Another agent took the claim over while the job ran: its outcome is not ours to send.
     claim_lost: bool = False
+    #: The done file (lease path, nonce) that a confirmed ACK of this run's message clears.
+    done_ref: Optional[Tuple[str, str]] = None
     waiting_since: float = dataclasses.field(default_factory=time.monotonic)
 
     @property

@@ -219,13 +219,13 @@ class StompTransport:
         try:
             conn.subscribe(destination, id=sub_id, ack="client-individual" if client_ack else "auto",
                            headers=headers)
-        except StompException as err:
+        except (StompException, OSError) as err:
             raise NotConnected(str(err)) from None
 
     def unsubscribe(self, sub_id: str) -> None:
         try:
             self._live().unsubscribe(id=sub_id)
-        except StompException as err:
+        except (StompException, OSError) as err:
             raise NotConnected(str(err)) from None
         self._routes.pop(sub_id, None)
 
@@ -239,7 +239,7 @@ class StompTransport:
             frame_headers["receipt"] = receipt
         try:
             self._live().send(destination, body, headers=frame_headers)
-        except StompException as err:
+        except (StompException, OSError) as err:
             raise NotConnected(str(err)) from None
 
     def ack(self, delivery: Delivery, receipt: Optional[str] = None) -> None:
@@ -247,7 +247,7 @@ class StompTransport:
             raise NotConnected("delivery belongs to an earlier connection")
         try:
             self._live().ack(delivery.ack_id, receipt=receipt)
-        except StompException as err:
+        except (StompException, OSError) as err:
             raise NotConnected(str(err)) from None
 
     def release(self, delivery: Delivery) -> None:
@@ -261,7 +261,7 @@ class StompTransport:
             return
         try:
             self._live().nack(delivery.ack_id, requeue="true")
-        except StompException as err:
+        except (StompException, OSError) as err:
             raise NotConnected(str(err)) from None
 
     def disconnect(self) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from postprocessing.agent.agent import Agent
 from postprocessing.config import Config
 from postprocessing.errors import InvalidMessage
+from postprocessing.messages import RunRequest
 from postprocessing.processors.base import JobContext, Outcome, Processor, Work
 from postprocessing.transport.memory import MemoryTransport
 
@@ -45,6 +46,9 @@ class Gate(Processor):
     def accept(self, data: Dict[str, Any]) -> Work:
         if "n" not in data:
             raise InvalidMessage("N is missing")
+        if "data_file" in data:  # a run in the facility tree: its reduction is claimed (claims.py)
+            request = RunRequest(data, "SNS", data["inst"], data["ipts"], str(data["n"]), data["data_file"])
+            return Work(data, "run %s" % data["n"], data["inst"], request)
         return Work(data, "run %s" % data["n"], data.get("inst"), Request(data.get("inst"), str(data["n"])))
 
     def run(self, ctx: JobContext) -> Outcome:
