@@ -80,18 +80,18 @@ def test_ping_is_answered_on_reply_to(make_agent, client):
     assert len(client.get(reply_to)) == 1 and agent.proc.poll() is None
 
 
-def test_eight_one_second_jobs_on_four_slots_take_two_seconds(make_agent, facility, client):
+def test_eight_one_second_jobs_run_four_at_a_time(make_agent, facility, client):
+    """Four slots are all used, and never more; how fast is bench/bench_agent.py's business."""
     facility.script("CNCS", timed_script(1.0))
     agent = make_agent(max_procs=4, jobs_per_instrument=0).start()
-    t0 = time.monotonic()
     for run in range(1, 9):
         client.send(agent.q("reduction_data_ready"), facility.run("CNCS", "IPTS-1", run))
-    client.wait(agent.q("reduction_complete"), 8, timeout=30)
-    makespan = time.monotonic() - t0
-    recs = records(facility, "CNCS", "IPTS-1")
+    client.wait(agent.q("reduction_complete"), 8, timeout=60)
+    recs = sorted(records(facility, "CNCS", "IPTS-1"), key=lambda r: r["start"])
     assert len(recs) == 8
     assert max_overlap(recs) == 4
-    assert 2.0 <= makespan < 4.0, "8 x 1 s jobs on 4 slots took %.2f s" % makespan
+    first_end = min(r["end"] for r in recs[:4])
+    assert all(r["start"] >= first_end for r in recs[4:]), "a fifth job started before a slot was free"
 
 
 def test_jobs_per_instrument_caps_without_blocking_others(make_agent, facility, client):
