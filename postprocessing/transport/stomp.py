@@ -12,7 +12,10 @@ with ``auto`` the CONNECTED frame's ``server`` header):
   changes on every redelivery; the message's own id is the part after the comma;
 - a delayed re-send: ``AMQ_SCHEDULED_DELAY`` on Classic and Artemis; RabbitMQ has no
   scheduler, so the message waits in ``<queue>.DELAY`` for its ``expiration`` and is
-  dead-lettered back to the queue.
+  dead-lettered back to the queue;
+- a SEND re-sent because its receipt was lost: Artemis drops it as a duplicate, by the
+  ``_AMQ_DUPL_ID`` the agent gives every SEND with a receipt (its receipt id, unique and the
+  same for every re-send).
 
 Deliveries are routed by the subscription they came on: Artemis may deliver a message from
 a Core or AMQP producer with a bare address as its ``destination``.
@@ -33,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 BROKER_KINDS = ("activemq", "artemis", "rabbitmq")
 _SCHEDULED_DELAY = "AMQ_SCHEDULED_DELAY"
+_DUPLICATE_ID = "_AMQ_DUPL_ID"
 
 
 def broker_kind(server: str) -> str:
@@ -237,6 +241,9 @@ class StompTransport:
         destination = delayed(self.kind, destination, frame_headers)
         if receipt is not None:
             frame_headers["receipt"] = receipt
+            if self.kind == "artemis":
+                # A re-send after a lost receipt carries the same id, and Artemis drops it.
+                frame_headers[_DUPLICATE_ID] = receipt
         try:
             self._live().send(destination, body, headers=frame_headers)
         except (StompException, OSError) as err:
