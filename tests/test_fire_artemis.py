@@ -19,8 +19,8 @@ pytestmark = [pytest.mark.broker, pytest.mark.fire, pytest.mark.artemis_only]
 def test_ha_pair_fails_over_mid_burst(broker, make_agent, facility, tmp_path, reliability_rows):
     """Primary and backup share one journal; the primary is SIGKILLed with runs running and queued."""
     store = str(tmp_path / "store")
-    primary = start_artemis(str(tmp_path / "primary"), store=store)
-    backup = artemis.LocalArtemis(str(tmp_path / "backup"), store=store, role="backup")
+    primary = start_artemis(str(tmp_path / "primary"), store=store, journal_sync=True)
+    backup = artemis.LocalArtemis(str(tmp_path / "backup"), store=store, role="backup", journal_sync=True)
     try:
         backup.start(wait=False)
         backup.wait_log("waiting for primary to fail before activating", timeout=60)

@@ -46,7 +46,7 @@ class LocalArtemis:
     def __init__(self, workdir: str, port: Optional[int] = None, user: str = "icat", password: str = "icat",
                  name: str = "autoreduce", host: str = "127.0.0.1", role: str = "primary",
                  store: Optional[str] = None, max_delivery_attempts: int = 10,
-                 address_settings: str = "") -> None:
+                 address_settings: str = "", journal_sync: bool = False) -> None:
         self.workdir = os.path.abspath(workdir)
         self.port = port or free_port()
         self.core_port = free_port()
@@ -59,6 +59,9 @@ class LocalArtemis:
         self.max_delivery_attempts = max_delivery_attempts
         #: Extra <address-setting> elements, for tests (for example a small address that refuses sends).
         self.address_settings = address_settings
+        #: fdatasync the journal before confirming (the production default); off by default here,
+        #: for speed, since a test broker's data need not survive a power cut.
+        self.journal_sync = journal_sync
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.instance = os.path.join(self.workdir, "instance")
         self.log_path = os.path.join(self.workdir, "broker.log")
@@ -93,7 +96,8 @@ class LocalArtemis:
         """The JVM settings: a small heap, and the system properties broker.xml reads."""
         props = {
             "pp.name": self.name, "pp.host": self.host, "pp.stomp.port": self.port, "pp.core.port": self.core_port,
-            "pp.store": self.store, "pp.ha.policy": self.role, "pp.journal.sync": "false",
+            "pp.store": self.store, "pp.ha.policy": self.role,
+            "pp.journal.sync": "true" if self.journal_sync else "false",
             "pp.global.max.size": "64M", "pp.max.delivery.attempts": self.max_delivery_attempts,
         }
         java_args = ["-Xms64m", "-Xmx384m", "-Xss512k", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
