@@ -102,6 +102,10 @@ def private_broker(broker: Any, tmp_path: Any) -> Iterator[Callable[..., Any]]:
     started: List[Any] = []
 
     def start(name: str = "broker", **kwargs: Any) -> Any:
+        if broker.kind == "artemis":
+            # These brokers get SIGKILLed: sync the journal as production does, or what the
+            # test's own clients consumed just before the kill comes back to them after it.
+            kwargs.setdefault("journal_sync", True)
         b = _STARTERS[broker.kind](str(tmp_path / name), **kwargs)
         started.append(b)
         return b
