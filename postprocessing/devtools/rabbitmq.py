@@ -7,7 +7,6 @@ harness does), and ``add_user`` creates a user that may connect from other hosts
 lets ``guest`` in from loopback only.
 """
 
-import resource
 import shutil
 import signal
 import socket
@@ -45,7 +44,7 @@ class SystemRabbitMQ:
         if shutil.which("rabbitmq-plugins") is None:
             raise RuntimeError("rabbitmq-server is not installed")
         if subprocess.run(["rabbitmqctl", "-q", "status"], capture_output=True).returncode != 0:
-            subprocess.run(["rabbitmq-server", "-detached"], capture_output=True, preexec_fn=_raise_open_files)
+            subprocess.run(["rabbitmq-server", "-detached"], capture_output=True)
             subprocess.run(["rabbitmqctl", "-q", "await_startup", "--timeout", str(int(timeout))],
                            capture_output=True)
         subprocess.run(["rabbitmq-plugins", "-q", "enable", "rabbitmq_stomp"], capture_output=True)
@@ -85,13 +84,6 @@ class SystemRabbitMQ:
 
     def delete_user(self, user: str) -> None:
         subprocess.run(["rabbitmqctl", "-q", "delete_user", user], capture_output=True)
-
-
-def _raise_open_files() -> None:
-    """Start the server with the open-files limit at its hard maximum: after a crash it reopens
-    every durable queue (the tests leave thousands), and at the usual 1024 its recovery stalls."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _beams() -> List[psutil.Process]:
