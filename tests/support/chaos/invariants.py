@@ -153,6 +153,7 @@ def _stalls(fig: Figures, requests: List[Request], executions: List[Execution], 
     step = 0.5
     t = window[0]
     spell_start: Optional[float] = None
+    at_start = ""
     while t <= window[1]:
         near = [f for f in faults if f.start - 0.5 <= t <= f.end + settle]
         calm = [h for h in hosts if all(f.kind == "agent_kill" and f.target != h for f in near)]
@@ -162,13 +163,13 @@ def _stalls(fig: Figures, requests: List[Request], executions: List[Execution], 
                                       if e.start <= t < e.end)
         stalled = bool(waiting) and any(running[h] < max_procs for h in calm)
         if stalled and spell_start is None:
-            spell_start = t
+            spell_start, at_start = t, "%d waiting, running per host %s" % (
+                len(waiting), {h: running[h] for h in calm})
         if (not stalled or t + step > window[1]) and spell_start is not None:
             length = t - spell_start
             fig.longest_stall_sec = max(fig.longest_stall_sec, length)
             if length > stall_sec:
                 fig.busy_stalls += 1
-                fig.example("busy_stalls", "%.1f s from %.1f: %d waiting, running per host %s" % (
-                    length, spell_start, len(waiting), dict(running)))
+                fig.example("busy_stalls", "%.1f s from %.1f: at its start %s" % (length, spell_start, at_start))
             spell_start = None
         t += step

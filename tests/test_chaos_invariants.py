@@ -1,0 +1,61 @@
+"""The fault harness's checks, on made-up histories: each can fail, and a clean history passes."""
+
+from tests.support.chaos.fleet import Execution
+from tests.support.chaos.invariants import Fault, Request, check
+
+DEST = {"/queue/C": "reduction_complete", "/queue/E": "reduction_error", "/queue/S": "reduction_started"}
+HOSTS = ["h1", "h2"]
+
+
+def run_check(requests, outcomes, executions, faults=(), window=(0.0, 100.0)):
+    return check(requests, outcomes, DEST, executions, list(faults), HOSTS, max_procs=2, settle=5.0,
+                 stall_sec=6.0, window=window)
+
+
+def done(run, when, dest="/queue/C", error=""):
+    return (when, dest, {"run_number": str(run), "error": error})
+
+
+def test_a_clean_history_passes():
+    requests = [Request(1, 1, "short", 0.0, 1), Request(2, 1, "short", 10.0, 2)]
+    executions = [Execution("h1", 10, 1, 1.0, 3.0, "ok"), Execution("h2", 11, 1, 11.0, 12.0, "ok")]
+    figures = run_check(requests, [done(1, 3.5), done(1, 12.5)], executions, window=(0.0, 13.0))
+    assert figures.violations() == {}
+    assert figures.drain_sec is None, "no faults, nothing to drain after"
+
+
+def test_each_violation_is_counted():
+    requests = [
+        Request(1, 1, "long", 0.0, 1),                       # two overlapping executions, answered twice
+        Request(2, 2, "short", 0.0, 1),                      # never answered
+        Request(3, 3, "short", 0.0, 1),                      # runs again after its outcome
+        Request(4, 4, "short", 0.0, 1, cancels=[2.0]),       # cancelled, then...
+        Request(5, 4, "short", 5.0, 2),                      # ...re-requested: answered cancelled, never run
+    ]
+    executions = [
+        Execution("h1", 10, 1, 1.0, 9.0, "ok"), Execution("h2", 11, 1, 4.0, 9.5, "ok"),
+        Execution("h1", 12, 3, 1.0, 2.0, "ok"), Execution("h2", 13, 3, 3.0, 4.0, "ok"),
+        Execution("h1", 14, 4, 1.0, 2.0, "terminated"),
+    ]
+    outcomes = [done(1, 9.1), done(1, 9.6), done(3, 2.1), done(3, 4.1),
+                done(4, 2.2, "/queue/E", "REDUCTION: cancelled"), done(4, 5.5, "/queue/E", "REDUCTION: cancelled")]
+    figures = run_check(requests, outcomes, executions, window=(0.0, 10.0))
+    assert figures.violations() == {"lost": 1, "overlapping": 1, "duplicate_outcomes": 2, "repeated_after_confirm": 1,
+                                    "rerequests_not_run": 1, "cancels_silencing": 1,
+                                    "busy_stalls": 1}, "run 2 also waited 10 s with slots free"
+
+
+def test_a_request_waiting_while_a_calm_host_has_a_free_slot_is_a_busy_stall():
+    requests = [Request(1, 1, "short", 0.0, 1)]
+    executions = [Execution("h1", 10, 1, 20.0, 21.0, "ok")]
+    figures = run_check(requests, [done(1, 21.5)], executions, window=(0.0, 22.0))
+    assert figures.busy_stalls == 1 and figures.longest_stall_sec >= 18.0
+
+
+def test_no_busy_stall_while_a_fault_is_near():
+    requests = [Request(1, 1, "short", 0.0, 1)]
+    executions = [Execution("h1", 10, 1, 20.0, 21.0, "ok")]
+    faults = [Fault("broker_kill", "", 0.0, 15.0)]
+    figures = run_check(requests, [done(1, 21.5)], executions, faults, window=(0.0, 22.0))
+    assert figures.busy_stalls == 0
+    assert figures.drain_sec == 21.5 - 15.0
