@@ -121,6 +121,8 @@ class FleetAgent:
         self.prefix = prefix
         own = {k: v.replace("{host}", host) if isinstance(v, str) else v for k, v in config.items()}
         self.config = dict(own, log_file=os.path.join(workdir, "%s.log" % host))
+        # Each host keeps its own run journal, across restarts of its agent.
+        self.config.setdefault("journal_path", os.path.join(workdir, "%s.journal.sqlite3" % host))
         self.config_path = os.path.join(workdir, "%s.conf" % host)
         self.stderr_path = os.path.join(workdir, "%s.stderr" % host)
         with open(self.config_path, "w", encoding="utf-8") as handle:
