@@ -64,12 +64,14 @@ def test_no_busy_stall_while_a_fault_is_near():
 def test_an_outcome_copied_around_a_broker_kill_is_counted_apart():
     """The same outcome twice with a broker kill between the job's end and the second copy is the
     lost-receipt re-send; twice with no kill near, or two different outcomes, is a duplicate."""
-    requests = [Request(1, 1, "short", 0.0, 1), Request(2, 2, "short", 0.0, 1)]
+    def requests():
+        return [Request(1, 1, "short", 0.0, 1), Request(2, 2, "short", 0.0, 1)]
+
     executions = [Execution("h1", 10, 1, 1.0, 2.0, "ok"), Execution("h1", 11, 2, 1.0, 2.0, "ok")]
     outcomes = [done(1, 2.1), done(1, 6.0), done(2, 2.1), done(2, 2.2)]
     kill = [Fault("broker_kill", "", 2.5, 4.0)]
-    figures = run_check(requests, outcomes, executions, kill, window=(0.0, 10.0))
+    figures = run_check(requests(), outcomes, executions, kill, window=(0.0, 10.0))
     assert figures.resent_after_lost_receipt == 1
     assert figures.duplicate_outcomes == 1, "run 2's copies both came before the kill"
-    figures = run_check(requests, outcomes, executions, window=(0.0, 10.0))
+    figures = run_check(requests(), outcomes, executions, window=(0.0, 10.0))
     assert (figures.resent_after_lost_receipt, figures.duplicate_outcomes) == (0, 2)
