@@ -19,7 +19,7 @@ import yaml
 
 from postprocessing import config as config_mod
 from postprocessing.devtools import artemis
-from postprocessing.devtools.activemq import free_port
+from postprocessing.devtools.brokerproc import free_port
 from tests.support.agentproc import ROOT
 
 COMPOSE = os.path.join(ROOT, "docker-compose.yml")

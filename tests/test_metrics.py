@@ -8,7 +8,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from postprocessing.devtools.activemq import free_port
+from postprocessing.devtools.brokerproc import free_port
 
 pytestmark = pytest.mark.broker
 

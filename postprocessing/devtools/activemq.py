@@ -8,11 +8,9 @@ restart keeps messages) and one authenticated user.
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import time
 from typing import List, Optional
+
+from postprocessing.devtools.brokerproc import BrokerProcess
 
 ACTIVEMQ_HOME = "/usr/share/activemq"
 
@@ -47,36 +45,27 @@ _XML = """<beans xmlns="http://www.springframework.org/schema/beans"
 """
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def available() -> bool:
     """Whether Java and Debian's ActiveMQ jar are installed."""
     return shutil.which("java") is not None and os.path.exists(
         os.path.join(ACTIVEMQ_HOME, "bin", "activemq.jar"))
 
 
-class LocalActiveMQ:
+class LocalActiveMQ(BrokerProcess):
     """One broker process; ``start``/``kill``/``stop`` keep the data directory between runs.
 
     Its STOMP connector listens on ``host`` (default 127.0.0.1) only.
     """
 
     kind = "activemq"
+    title = "ActiveMQ"
 
     def __init__(self, workdir: str, port: Optional[int] = None, user: str = "icat",
                  password: str = "icat", name: str = "localhost", host: str = "127.0.0.1") -> None:
-        self.workdir = os.path.abspath(workdir)
-        self.host = host
-        self.port = port or free_port(host)
+        super().__init__(workdir, port, host)
         self.user = user
         self.password = password
         self.name = name
-        self.proc: Optional[subprocess.Popen[bytes]] = None
-        self.log_path = os.path.join(self.workdir, "broker.log")
 
     def _write_conf(self) -> str:
         conf = os.path.join(self.workdir, "conf")
@@ -104,45 +93,6 @@ class LocalActiveMQ:
             "-jar", os.path.join(ACTIVEMQ_HOME, "bin", "activemq.jar"),
             "start", "xbean:file:%s?validate=false" % xml,
         ]
-
-    def start(self, timeout: float = 60.0) -> "LocalActiveMQ":
-        if self.proc is not None and self.proc.poll() is None:
-            return self
-        command = self.command()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("ActiveMQ exited with %s; see %s" % (self.proc.returncode, self.log_path))
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.1)
-        self.kill()
-        raise RuntimeError("ActiveMQ did not open port %d in %.0f s; see %s" % (self.port, timeout, self.log_path))
-
-    def kill(self) -> None:
-        """SIGKILL the broker, as a crash would."""
-        self._signal(signal.SIGKILL)
-
-    def stop(self) -> None:
-        self._signal(signal.SIGTERM, wait=20.0)
-
-    def _signal(self, sig: int, wait: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            self.proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 def main() -> None:

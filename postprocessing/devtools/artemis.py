@@ -11,12 +11,11 @@ pair.  Users: ``icat`` (the agent) and ``workflow`` (the workflow manager), role
 import glob
 import os
 import shutil
-import signal
 import subprocess
 import time
 from typing import Dict, List, Optional
 
-from postprocessing.devtools.activemq import free_port
+from postprocessing.devtools.brokerproc import BrokerProcess, free_port
 
 ARTEMIS_ROOT = os.environ.get("PP_ARTEMIS_ROOT", "/opt/artemis")
 BROKER_XML = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artemis", "broker.xml")
@@ -34,7 +33,7 @@ def available() -> bool:
     return shutil.which("java") is not None and home() is not None
 
 
-class LocalArtemis:
+class LocalArtemis(BrokerProcess):
     """One broker process; ``start``/``kill``/``stop`` keep its data between runs.
 
     ``store`` is the journal directory; give two brokers the same store and the roles
@@ -42,18 +41,17 @@ class LocalArtemis:
     """
 
     kind = "artemis"
+    title = "Artemis"
 
     def __init__(self, workdir: str, port: Optional[int] = None, user: str = "icat", password: str = "icat",
                  name: str = "autoreduce", host: str = "127.0.0.1", role: str = "primary",
                  store: Optional[str] = None, max_delivery_attempts: int = 10,
                  address_settings: str = "", journal_sync: bool = False) -> None:
-        self.workdir = os.path.abspath(workdir)
-        self.port = port or free_port()
-        self.core_port = free_port()
+        super().__init__(workdir, port, host)
+        self.core_port = free_port(host)
         self.user = user
         self.password = password
         self.name = name
-        self.host = host
         self.role = role
         self.store = os.path.abspath(store or os.path.join(self.workdir, "data"))
         self.max_delivery_attempts = max_delivery_attempts
@@ -62,17 +60,15 @@ class LocalArtemis:
         #: fdatasync the journal before confirming (the production default); off by default here,
         #: for speed, since a test broker's data need not survive a power cut.
         self.journal_sync = journal_sync
-        self.proc: Optional[subprocess.Popen[bytes]] = None
         self.instance = os.path.join(self.workdir, "instance")
-        self.log_path = os.path.join(self.workdir, "broker.log")
 
-    def _create(self) -> None:
+    def prepare(self) -> None:
+        """``artemis create`` the instance, once, with the SNS broker.xml and the users."""
         if os.path.exists(os.path.join(self.instance, "bin", "artemis")):
             return
         distribution = home()
         if distribution is None:
             raise RuntimeError("no Artemis distribution under %s; run scripts/install-deps.sh" % ARTEMIS_ROOT)
-        os.makedirs(self.workdir, exist_ok=True)
         with open(self.log_path, "ab") as log:
             created = subprocess.run(
                 [os.path.join(distribution, "bin", "artemis"), "create", self.instance, "--silent", "--force",
@@ -108,31 +104,8 @@ class LocalArtemis:
     def command(self) -> List[str]:
         return [os.path.join(self.instance, "bin", "artemis"), "run"]
 
-    def start(self, timeout: float = 90.0, wait: bool = True) -> "LocalArtemis":
-        """Start the broker; unless ``wait`` is false (a backup), until its STOMP port answers."""
-        if self.proc is not None and self.proc.poll() is None:
-            return self
-        self._create()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True,
-                                         env=self.environment(), cwd=self.instance)
-        if wait:
-            self.wait_ready(timeout)
-        return self
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        """Until the broker logs that it is live and its STOMP port answers."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError("Artemis exited with %s; see %s" % (
-                    self.proc.returncode if self.proc else None, self.log_path))
-            if self.answers():
-                return
-            time.sleep(0.1)
-        self.kill()
-        raise RuntimeError("Artemis did not open port %d in %.0f s; see %s" % (self.port, timeout, self.log_path))
+    def cwd(self) -> str:
+        return self.instance
 
     def wait_log(self, text: str, timeout: float = 60.0) -> None:
         """Until the broker's log contains ``text`` (a backup says when it is ready to take over)."""
@@ -155,35 +128,6 @@ class LocalArtemis:
         if shown.returncode != 0:
             raise RuntimeError("artemis address show failed: %s" % shown.stderr.strip()[-500:])
         return [line.strip() for line in shown.stdout.splitlines()[1:] if line.strip()]
-
-    def answers(self) -> bool:
-        import socket
-
-        try:
-            with socket.create_connection((self.host, self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL the broker, as a crash would."""
-        self._signal(signal.SIGKILL)
-
-    def stop(self) -> None:
-        self._signal(signal.SIGTERM, wait=30.0)
-
-    def _signal(self, sig: int, wait: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            self.proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 def main() -> None:
