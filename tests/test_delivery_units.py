@@ -123,6 +123,24 @@ def test_a_refusal_that_closes_the_connection_makes_no_reconnect_loop():
     assert proc.ran == ["1"]
 
 
+@IDS
+def test_a_repeat_that_arrives_while_the_first_ack_is_in_flight_runs(fresh_ids):
+    """Promise 5: the first request's ACK is on its way (no receipt yet) on a live connection, so
+    the broker cannot be redelivering it: the same body arriving now is a new request."""
+    agent, transport, proc = make()
+    transport.fresh_ids = fresh_ids
+    transport.hold_ack_receipts = True
+    agent.run_once(0)
+    transport.publish(QUEUE, body(n="1", quick=True))
+    spin(agent, lambda: len(transport.acked) == 1)
+    transport.publish(QUEUE, body(n="1", quick=True))
+    spin(agent, lambda: len(transport.acked) == 2)
+    transport.release_ack_receipts()
+    settle_down(agent)
+    assert proc.ran == ["1", "1"]
+    assert len(bodies(transport, "/queue/DONE")) == 2
+
+
 def test_standing_cancel_does_not_answer_a_later_resubmission():
     """Promise 6: a cancel that met its run (here, on another agent) must not silence a new request."""
     first, transport, proc = make()

@@ -72,8 +72,8 @@ class Agent:
         self.cancel_desk = CancelDesk(config, hostname, self.transport, self.journal)
         self.leases = Leases(config, Claims(config, hostname, self.pid))
         self._keys = itertools.count(1)
-        #: ACK receipt id -> the journal row of the run it settles, and the run's done file.
-        self._acks: Dict[str, Tuple[int, Optional[Tuple[str, str]]]] = {}
+        #: ACK receipt id -> the journal row of the run it settles, the run's done file, its identity.
+        self._acks: Dict[str, Tuple[int, Optional[Tuple[str, str]], str]] = {}
         self.stopping = False
         self._stop_deadline: Optional[float] = None
         self._rejoin_until: Optional[float] = None
@@ -253,11 +253,14 @@ class Agent:
             run.delivery = d
             self._reconcile()
             return
-        taken = self.journal.take_unacked(ident)
+        # While an ACK of this identity is on its way on the live connection, the broker is not
+        # redelivering that message: the same body now is a new request.
+        in_flight = any(acking == ident for _row, _ref, acking in self._acks.values())
+        taken = None if in_flight else self.journal.take_unacked(ident)
         done_ref = self.leases.still_unacked(taken[1]) if taken is not None else None
         if taken is not None and done_ref is not None:
             logger.info("redelivery %s of a run whose outcome was confirmed: acknowledging", logsafe.text(d.message_id))
-            self._ack(d, taken[0], done_ref)
+            self._ack(d, ident, taken[0], done_ref)
             self._reconcile()
             return
         if taken is not None:
@@ -437,10 +440,10 @@ class Agent:
         on a broker the agent failed over from); the journal answers its redelivery.
         """
         self.runs.pop(run.key)
-        self._ack(run.delivery, run.row, run.done_ref)
+        self._ack(run.delivery, run.identity, run.row, run.done_ref)
         self._reconcile()
 
-    def _ack(self, d: Delivery, row: int, done_ref: Optional[Tuple[str, str]] = None) -> None:
+    def _ack(self, d: Delivery, ident: str, row: int, done_ref: Optional[Tuple[str, str]] = None) -> None:
         """ACK with a receipt: until it comes, the journal (and the done file) keep the run "maybe not acked"."""
         receipt = "ack-%d" % next(self._keys)
         try:
@@ -448,7 +451,7 @@ class Agent:
         except NotConnected:
             logger.info("message %s will be redelivered and answered from the journal", d.message_id)
             return
-        self._acks[receipt] = (row, done_ref)
+        self._acks[receipt] = (row, done_ref, ident)
         self.subs.done(d)
 
     # -- cancellation --------------------------------------------------------------------

@@ -40,6 +40,9 @@ class MemoryTransport:
         self.bare_destinations = False
         #: Like a connection that dies right after an ACK left: the broker never gets it.
         self.lose_acks = False
+        #: ACK receipts wait here until :meth:`release_ack_receipts` (an ACK still in flight).
+        self.hold_ack_receipts = False
+        self.held_ack_receipts: List[Receipt] = []
         #: Like Artemis: the connection is closed right after a refused send.
         self.close_on_refusal = False
         #: destination -> (how many more sends to refuse, why): see :meth:`refuse`.
@@ -96,7 +99,9 @@ class MemoryTransport:
         if held.pop(delivery.message_id, None) is None:
             raise NotConnected("unknown delivery %s" % delivery.message_id)
         self.acked.append(delivery.message_id)
-        if receipt is not None:
+        if receipt is not None and self.hold_ack_receipts:
+            self.held_ack_receipts.append(Receipt(receipt, self.epoch))
+        elif receipt is not None:
             self._sink(Receipt(receipt, self.epoch))
         self._pump(self.subscriptions[delivery.subscription][0])
 
@@ -108,6 +113,11 @@ class MemoryTransport:
             self.drop_connection("disconnect")
 
     # -- test controls -----------------------------------------------------------------
+    def release_ack_receipts(self) -> None:
+        held, self.held_ack_receipts = self.held_ack_receipts, []
+        for receipt in held:
+            self._sink(receipt)
+
     def refuse(self, destination: str, times: int, reason: str = "refused") -> None:
         """Refuse the next ``times`` sends with a receipt to ``destination`` (an ERROR frame)."""
         self._refusals[destination] = (times, reason)
