@@ -8,6 +8,7 @@ import psutil
 import pytest
 
 from tests.conftest import collector
+from tests.support.client import distinct
 from tests.test_agent_e2e import timed_script
 
 pytestmark = [pytest.mark.broker, pytest.mark.fire]
@@ -28,11 +29,8 @@ def row(name, broker):
 
 
 def counts(collectors, agent, key):
-    """Run number -> how many times ``key`` was received, over all collectors."""
-    seen = collections.Counter()
-    for c in collectors:
-        seen.update(m["run_number"] for m in c.get(agent.q(key)))
-    return seen
+    """Run number -> how many ``key`` messages were sent for it, over all collectors."""
+    return collections.Counter(m["run_number"] for m in distinct(collectors, agent.q(key)))
 
 
 def wait_for_runs(collectors, agent, runs, timeout=90.0):

@@ -21,6 +21,7 @@ class Collector(stomp.ConnectionListener):
         self.received: Dict[str, List[Dict[str, Any]]] = collections.defaultdict(list)
         self.raw: Dict[str, List[bytes]] = collections.defaultdict(list)
         self.times: Dict[str, List[float]] = collections.defaultdict(list)
+        self.headers: Dict[str, List[Dict[str, str]]] = collections.defaultdict(list)
         self._subs: List[str] = []
         self.conn: Optional[stomp.Connection12] = None
         self.connect()
@@ -69,6 +70,7 @@ class Collector(stomp.ConnectionListener):
             self.raw[dest].append(body)
             self.received[dest].append(parsed)
             self.times[dest].append(time.monotonic())
+            self.headers[dest].append(dict(frame.headers))
             self._cond.notify_all()
 
     def send(self, destination: str, body: Union[Dict[str, Any], str, bytes],
@@ -123,3 +125,23 @@ class Collector(stomp.ConnectionListener):
                 self.conn.disconnect()
         except stomp.exception.StompException:
             pass
+
+
+def distinct(collectors: List[Collector], destination: str) -> List[Dict[str, Any]]:
+    """What ``collectors`` received on ``destination``, a broker's redelivery of one message once.
+
+    Artemis marks each SEND of the agent with ``_AMQ_DUPL_ID`` (and drops a re-send of it), so two
+    copies with one id are one stored message delivered twice, for example again after a broker
+    SIGKILL lost a test client's acknowledgement, or by the backup of an HA pair.  Without the
+    header (ActiveMQ Classic, RabbitMQ) every copy counts."""
+    seen, out = set(), []
+    for c in collectors:
+        with c._cond:
+            pairs = list(zip(c.received[destination], c.headers[destination]))
+        for body, headers in pairs:
+            dupl = headers.get("_AMQ_DUPL_ID")
+            if dupl is not None and dupl in seen:
+                continue
+            seen.add(dupl)
+            out.append(body)
+    return out
