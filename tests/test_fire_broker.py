@@ -2,6 +2,7 @@
 
 import collections
 import os
+import re
 import time
 
 import psutil
@@ -31,6 +32,20 @@ def row(name, broker):
 def counts(collectors, agent, key):
     """Run number -> how many ``key`` messages were sent for it, over all collectors."""
     return collections.Counter(m["run_number"] for m in distinct(collectors, agent.q(key)))
+
+
+def executions(agent):
+    """Run number -> how many times the agent started its job (from the agent's log)."""
+    return collections.Counter(re.findall(r"\[CNCS (\d+)\] starting reduction job", agent.log()))
+
+
+def assert_sent_once(broker, agent, duplicates, outcomes):
+    """Each run executed once.  A broker SIGKILL between storing an outcome and sending its receipt
+    makes the agent send it again: Artemis drops that copy (_AMQ_DUPL_ID); ActiveMQ Classic and
+    RabbitMQ cannot (docs/delivery.md, "Limits"), so there it may stand, at most one per slot."""
+    ran = executions(agent)
+    assert set(ran.values()) == {1}, "a run executed twice: %r" % ran
+    assert duplicates == 0 if broker.kind == "artemis" else duplicates <= 4, outcomes
 
 
 def wait_for_runs(collectors, agent, runs, timeout=90.0):
@@ -68,7 +83,7 @@ def test_failover_to_the_second_broker_and_back(make_agent, facility, private_br
         complete = counts([on_first, on_second], agent, "reduction_complete")
         duplicates = sum(n - 1 for n in complete.values())
         assert not counts([on_first, on_second], agent, "reduction_error")
-        assert duplicates == 0, complete
+        assert_sent_once(first, agent, duplicates, complete)
         reliability_rows.record(
             row("failover_and_failback", first),
             "two %s brokers; 10 one-second runs sent to the first, which was SIGKILLed after 2 completed; "
@@ -101,7 +116,7 @@ def test_broker_restart_mid_burst(make_agent, facility, private_broker, reliabil
         dup_started = sum(n - 1 for n in started.values())
         dup_complete = sum(n - 1 for n in complete.values())
         assert not counts([watcher], agent, "reduction_error")
-        assert (dup_started, dup_complete) == (0, 0), (started, complete)
+        assert_sent_once(broker, agent, dup_started + dup_complete, (started, complete))
         reliability_rows.record(
             row("broker_restart", broker),
             "20 one-second runs at max_procs 4; %s SIGKILLed after 4 completed, restarted 1.5 s later"
