@@ -1,6 +1,7 @@
 """The run journal (SQLite) and its configuration keys."""
 
 import os
+import sqlite3
 import time
 
 import pytest
@@ -76,3 +77,12 @@ def test_a_claim_whose_path_is_not_utf8_is_kept(tmp_path):
     claim = "/data/reduction_log/\udcff.nxs.h5.reduction.lease\nnonce"
     journal.confirmed(journal.accepted(ident, None), "/queue/DONE", claim)
     assert journal.take_unacked(ident)[1] == claim
+
+
+def test_a_journal_of_another_version_is_refused_at_start_naming_the_key(tmp_path):
+    path = str(tmp_path / "old.sqlite3")
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, identity TEXT, state TEXT, updated REAL)")
+    db.close()
+    with pytest.raises(ConfigError, match="journal_path.*another version.*claim"):
+        Journal(path, 60)

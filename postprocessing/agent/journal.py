@@ -35,6 +35,8 @@ CREATE INDEX IF NOT EXISTS runs_identity ON runs (identity, state);
 CREATE INDEX IF NOT EXISTS runs_updated ON runs (updated);
 """
 
+_COLUMNS = frozenset({"id", "identity", "run_ref", "state", "destination", "claim", "updated"})
+
 #: A run's states in the journal.
 ACCEPTED, RUNNING, UNACKED, ACKED, ANSWERED = "accepted", "running", "unacked", "acked", "answered"
 
@@ -59,8 +61,12 @@ class Journal:
             # failure the journal is for; a power cut may lose the last few (those runs rerun).
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
         except (OSError, sqlite3.Error) as err:
             raise ConfigError("journal_path", "cannot open the run journal %s: %s" % (path, err)) from None
+        if not _COLUMNS <= columns:
+            raise ConfigError("journal_path", "the run journal %s was written by another version (it lacks %s); "
+                                              "move it aside" % (path, ", ".join(sorted(_COLUMNS - columns))))
         self._next_prune = 0.0
         # Whatever was accepted or running when the last agent stopped did not finish: its
         # message went back to the broker, and its next delivery runs it again.

@@ -100,6 +100,7 @@ def main() -> int:
     with open(config_path, "w", encoding="utf-8") as handle:
         json.dump({"brokers": [["127.0.0.1", broker.port]], "amq_user": "icat", "amq_pwd": "icat",
                    "data_root": data_root, "log_file": log_file, "python_exec": sys.executable,
+                   "journal_path": os.path.join(workdir, "journal.sqlite3"),
                    "heartbeat_interval_sec": 5, "allow_root": True}, handle, indent=1)
     agent = subprocess.Popen([sys.executable, "-m", "postprocessing", "--config", config_path, "run"])
     conn = stomp.Connection12([("127.0.0.1", broker.port)])
