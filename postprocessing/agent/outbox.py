@@ -13,7 +13,6 @@ import dataclasses
 import itertools
 import logging
 import time
-import uuid
 from typing import Callable, Mapping, Optional
 
 from postprocessing.errors import NotConnected
@@ -39,9 +38,6 @@ class Outbox:
         self._initial = initial_backoff
         self._max = max_backoff
         self._ids = itertools.count(1)
-        #: Receipt ids are unique across agents and restarts: the transport may hand one to the
-        #: broker as the message's duplicate-detection id, kept for every re-send of the message.
-        self._session = uuid.uuid4().hex[:16]
         self._pending: collections.OrderedDict[str, Pending] = collections.OrderedDict()
 
     def __len__(self) -> int:
@@ -50,7 +46,7 @@ class Outbox:
     def send(self, destination: str, body: bytes, on_confirm: Optional[Callable[[], None]] = None,
              headers: Optional[Mapping[str, str]] = None) -> None:
         """Send now if connected; either way the message stays until its receipt arrives."""
-        receipt = "pp-%s-%d" % (self._session, next(self._ids))
+        receipt = "pp-%d" % next(self._ids)
         pending = Pending(destination, body, dict(headers or {}), on_confirm)
         self._pending[receipt] = pending
         self._transmit(receipt, pending)

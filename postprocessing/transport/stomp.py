@@ -14,8 +14,8 @@ with ``auto`` the CONNECTED frame's ``server`` header):
   scheduler, so the message waits in ``<queue>.DELAY`` for its ``expiration`` and is
   dead-lettered back to the queue;
 - a SEND re-sent because its receipt was lost: Artemis drops it as a duplicate, by the
-  ``_AMQ_DUPL_ID`` the agent gives every SEND with a receipt (its receipt id, unique and the
-  same for every re-send).
+  ``_AMQ_DUPL_ID`` the agent gives every SEND with a receipt (unique to the transport and the
+  receipt, so the same for every re-send).
 
 Deliveries are routed by the subscription they came on: Artemis may deliver a message from
 a Core or AMQP producer with a bare address as its ``destination``.
@@ -24,6 +24,7 @@ a Core or AMQP producer with a bare address as its ``destination``.
 import logging
 import socket
 import threading
+import uuid
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import stomp
@@ -158,6 +159,7 @@ class StompTransport:
         self._vhost = vhost or ("/" if broker_type in ("rabbitmq", "auto") else None)
         self._conn: Optional[Any] = None
         self._routes: Dict[str, str] = {}
+        self._instance = uuid.uuid4().hex
         self.kind = broker_type if broker_type != "auto" else "activemq"
         self.epoch = 0
         self.connected_to = ""
@@ -242,8 +244,9 @@ class StompTransport:
         if receipt is not None:
             frame_headers["receipt"] = receipt
             if self.kind == "artemis":
-                # A re-send after a lost receipt carries the same id, and Artemis drops it.
-                frame_headers[_DUPLICATE_ID] = receipt
+                # Unique to this transport and receipt, so the same on a re-send after a lost
+                # receipt (the outbox keeps the receipt), which Artemis then drops.
+                frame_headers[_DUPLICATE_ID] = "%s-%s" % (self._instance, receipt)
         try:
             self._live().send(destination, body, headers=frame_headers)
         except (StompException, OSError) as err:
