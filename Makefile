@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: deps demo test lint unit bench soak rpm reliability-table chaos bench-fleet
+.PHONY: deps demo test lint unit bench soak rpm chaos chaos-short reliability-table bench-fleet
 
 deps:
 	bash scripts/install-deps.sh
@@ -32,6 +32,11 @@ chaos: deps
 		$(PYTHON) bench/chaos.py --broker $$b --minutes $(CHAOS_MINUTES) --record \
 			$(if $(CHAOS_SEED),--seed $(CHAOS_SEED)) $(CHAOS_ARGS) || status=1; \
 	done; exit $${status:-0}
+
+# The short fault harness (~2.5 min per broker; needs root), kept out of `make test` until the
+# violations it still finds on the current agent are fixed (docs/chaos.md).
+chaos-short: deps
+	$(PYTHON) -m pytest -m chaos tests/test_fire_chaos.py
 
 # Merge the figures the last test runs measured (build/reliability/*.json) into
 # docs/reliability.json and re-render the README's Reliability table.  Tests never write tracked files.
