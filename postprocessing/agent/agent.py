@@ -322,7 +322,7 @@ class Agent:
             for run in self.runs.in_state(RunState.WAITING):
                 if not self.slots.can_start(run.instrument, run.proposal):
                     continue
-                verdict = self.leases.claimed(run)
+                verdict = self.leases.claimed(run, {ref for _row, ref, _ident in self._acks.values() if ref})
                 if verdict is None:
                     self._start(run)
                 elif verdict != "held":  # answered already by a claimant whose ack was lost

@@ -6,7 +6,7 @@ It changes runs' states; the loop (agent.py) settles and starts them.
 
 import logging
 import time
-from typing import List, Optional, Tuple
+from typing import Collection, List, Optional, Tuple
 
 from postprocessing.agent.claims import Claim, Claims, lease_path
 from postprocessing.agent.runs import Run, RunState, RunTable
@@ -23,12 +23,14 @@ class Leases:
         #: When to refresh claims and look at held runs again.
         self.due: Optional[float] = None
 
-    def claimed(self, run: Run) -> Optional[str]:
+    def claimed(self, run: Run, acking: Collection[Tuple[str, str]] = ()) -> Optional[str]:
         """Claim a reduction before it runs.
 
         Returns None to run it; "held" when another agent runs it (the run is then HELD); or
         the destination of the outcome a claimant already confirmed for this very message,
-        whose ACK was never confirmed (the run is to be settled without running)."""
+        whose ACK was never confirmed (the run is to be settled without running).  ``acking``:
+        the done files of runs whose ACK is on its way on the live connection; the broker is
+        not redelivering those, so a run that matches one is a new request."""
         assert run.work is not None and run.processor is not None
         if run.claim is not None or not run.processor.cancellable or self.config.communication_only:
             return None
@@ -37,7 +39,8 @@ class Leases:
             return None
         try:
             done = self.claims.outcome(path, request=run.identity)
-            if done is not None and self.claims.look(path) is None:
+            ours = (path, str(done.get("nonce"))) in acking if done is not None else False
+            if done is not None and not ours and self.claims.look(path) is None:
                 logger.info("[%s] %s confirmed its outcome (%s) but not its ack: settling without running it",
                             run.label, done.get("host"), done["destination"])
                 run.done_ref = (path, str(done.get("nonce")))
