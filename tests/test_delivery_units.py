@@ -141,6 +141,26 @@ def test_a_repeat_that_arrives_while_the_first_ack_is_in_flight_runs(fresh_ids):
     assert len(bodies(transport, "/queue/DONE")) == 2
 
 
+@IDS
+def test_a_run_whose_confirmed_ack_the_broker_lost_is_not_run_again(fresh_ids):
+    """Promise 4: RabbitMQ SIGKILLed right after it confirmed an ACK redelivers the message after
+    the restart.  The run is acked without running; a later identical request still runs."""
+    agent, transport, proc = make()
+    transport.fresh_ids = fresh_ids
+    transport.forget_acks_on_drop = True
+    agent.run_once(0)
+    transport.publish(QUEUE, body(n="1", quick=True))
+    spin(agent, lambda: len(transport.acked) == 1)
+    settle_down(agent)
+    transport.drop_connection("broker SIGKILLed")
+    spin(agent, lambda: len(transport.acked) == 2)
+    assert proc.ran == ["1"]
+    transport.forget_acks_on_drop = False
+    transport.publish(QUEUE, body(n="1", quick=True))
+    spin(agent, lambda: len(transport.acked) == 3)
+    assert proc.ran == ["1", "1"]
+
+
 def test_standing_cancel_does_not_answer_a_later_resubmission():
     """Promise 6: a cancel that met its run (here, on another agent) must not silence a new request."""
     first, transport, proc = make()

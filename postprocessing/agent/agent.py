@@ -9,6 +9,7 @@ The loop's parts live beside it: the run table (runs.py), the broker link (link.
 holding and admission (holding.py), subscriptions, the outbox and cancellation.
 """
 
+import collections
 import itertools
 import logging
 import os
@@ -48,6 +49,8 @@ _FANOUT_SUB = "pp-cancel-fanout"
 #: After a (re)connect, how long a full agent keeps subscriptions open for the redeliveries of
 #: the jobs it still runs (a broker hands returned messages out again at once).
 _REJOIN_WINDOW = 10.0
+#: How long an ACK's receipt is remembered, and how young a connection is, for a lost ACK.
+_LOST_ACK_SEC = 60.0
 
 
 class Agent:
@@ -74,6 +77,9 @@ class Agent:
         self._keys = itertools.count(1)
         #: ACK receipt id -> the journal row of the run it settles, the run's done file, its identity.
         self._acks: Dict[str, Tuple[int, Optional[Tuple[str, str]], str]] = {}
+        #: Identity -> (connection epoch, when) of ACKs the broker confirmed, for _ack_lost_by_broker.
+        self._acked_before: collections.OrderedDict[str, Tuple[int, float]] = collections.OrderedDict()
+        self._connected_at = 0.0
         self.stopping = False
         self._stop_deadline: Optional[float] = None
         self._rejoin_until: Optional[float] = None
@@ -188,7 +194,8 @@ class Agent:
                 self.transport.subscribe(self.config.cancel_fanout, _FANOUT_SUB, client_ack=False, prefetch=1)
         except NotConnected:
             return
-        self._rejoin_until = time.monotonic() + _REJOIN_WINDOW
+        self._connected_at = time.monotonic()
+        self._rejoin_until = self._connected_at + _REJOIN_WINDOW
         self._reconcile()
         self.outbox.resend()
         self._next_heartbeat = 0.0
@@ -265,6 +272,16 @@ class Agent:
             return
         if taken is not None:
             logger.info("message %s repeats a run settled elsewhere since: a new request", logsafe.text(d.message_id))
+        elif not in_flight and self._ack_lost_by_broker(ident):
+            logger.info("message %s repeats a run acked just before the broker went away, which lost that ack: "
+                        "acknowledging", logsafe.text(d.message_id))
+            try:
+                self.transport.ack(d)
+            except NotConnected:
+                return
+            self.subs.done(d)
+            self._reconcile()
+            return
         run = Run("m%d" % next(self._keys), d, ident, self.journal.accepted(ident, None))
         self.runs.add(run)
         if d.subscription == _CANCEL_SUB:
@@ -409,6 +426,7 @@ class Agent:
     def _on_receipt(self, event: Receipt) -> None:
         acked = self._acks.pop(event.receipt_id, None)
         if acked is not None:
+            self._acked_before[acked[2]] = (event.epoch, time.monotonic())
             self.journal.acked(acked[0])
             self.leases.acked(acked[1])
             return
@@ -442,6 +460,18 @@ class Agent:
         self.runs.pop(run.key)
         self._ack(run.delivery, run.identity, run.row, run.done_ref)
         self._reconcile()
+
+    def _ack_lost_by_broker(self, ident: str) -> bool:
+        """Whether ``ident`` was acked (receipt and all) on the connection before this one, shortly
+        before it dropped, and this connection is young: a broker SIGKILLed then (RabbitMQ, or
+        Artemis without a synced journal) can forget the ACK it confirmed, and redeliver.  Used
+        once per ACK, so a second identical request runs."""
+        now = time.monotonic()
+        while self._acked_before and now - next(iter(self._acked_before.values()))[1] > _LOST_ACK_SEC:
+            self._acked_before.popitem(last=False)
+        seen = self._acked_before.pop(ident, None)
+        return (seen is not None and seen[0] != self.transport.epoch
+                and now - self._connected_at <= _LOST_ACK_SEC)
 
     def _ack(self, d: Delivery, ident: str, row: int, done_ref: Optional[Tuple[str, str]] = None) -> None:
         """ACK with a receipt: until it comes, the journal (and the done file) keep the run "maybe not acked"."""

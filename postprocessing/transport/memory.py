@@ -40,6 +40,10 @@ class MemoryTransport:
         self.bare_destinations = False
         #: Like a connection that dies right after an ACK left: the broker never gets it.
         self.lose_acks = False
+        #: Like a broker SIGKILLed before it stored the ACKs it confirmed: a dropped connection puts
+        #: the messages it acked back on their queues, redelivered.
+        self.forget_acks_on_drop = False
+        self._acked_here: List[Tuple[str, _Message]] = []
         #: ACK receipts wait here until :meth:`release_ack_receipts` (an ACK still in flight).
         self.hold_ack_receipts = False
         self.held_ack_receipts: List[Receipt] = []
@@ -96,8 +100,10 @@ class MemoryTransport:
         if self.lose_acks:
             return
         held = self._held[delivery.subscription]
-        if held.pop(delivery.message_id, None) is None:
+        message = held.pop(delivery.message_id, None)
+        if message is None:
             raise NotConnected("unknown delivery %s" % delivery.message_id)
+        self._acked_here.append((self.subscriptions[delivery.subscription][0], message))
         self.acked.append(delivery.message_id)
         if receipt is not None and self.hold_ack_receipts:
             self.held_ack_receipts.append(Receipt(receipt, self.epoch))
@@ -146,6 +152,9 @@ class MemoryTransport:
         """The connection dies: held messages go back to their queues, marked redelivered."""
         for sub_id in list(self.subscriptions):
             self._return_held(sub_id)
+        acked, self._acked_here = self._acked_here, []
+        for destination, (message_id, body, headers) in reversed(acked) if self.forget_acks_on_drop else []:
+            self.queues[destination].appendleft((message_id, body, dict(headers, redelivered="true")))
         self.subscriptions.clear()
         self.connected = False
         self._sink(Disconnected(self.epoch, reason))
