@@ -99,14 +99,7 @@ def main() -> None:
     """``python -m postprocessing.devtools.activemq DIR [PORT]``: run a broker in the foreground."""
     import sys
 
-    broker = LocalActiveMQ(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 61613)
-    broker.start()
-    print("ActiveMQ STOMP on 127.0.0.1:%d (user icat/icat); Ctrl-C stops it" % broker.port, flush=True)
-    try:
-        assert broker.proc is not None
-        broker.proc.wait()
-    except KeyboardInterrupt:
-        broker.stop()
+    LocalActiveMQ(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 61613).foreground()
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ class BrokerProcess:
 
     kind = ""
     title = "the broker"
+    user = ""
 
     def __init__(self, workdir: str, port: Optional[int], host: str) -> None:
         self.workdir = os.path.abspath(workdir)
@@ -90,6 +91,17 @@ class BrokerProcess:
 
     def stop(self) -> None:
         self._signal(signal.SIGTERM, wait=30.0)
+
+    def foreground(self) -> None:
+        """Start, say where, and run until Ctrl-C, which stops the broker."""
+        self.start()
+        print("%s STOMP on %s:%d (user %s); Ctrl-C stops it" % (self.title, self.host, self.port, self.user),
+              flush=True)
+        try:
+            assert self.proc is not None
+            self.proc.wait()
+        except KeyboardInterrupt:
+            self.stop()
 
     def _signal(self, sig: int, wait: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
