@@ -64,6 +64,9 @@ class Proposal:
     # -- the planting, as a proposal user would (a link owned by someone else than root
     #    or the service account, or made in a directory others can write) --
     def user_link(self, target: str, link: str) -> None:
+        parent = os.path.realpath(os.path.dirname(link))
+        if parent == self.outside or parent.startswith(self.outside + os.sep):
+            return  # the user cannot write outside the data tree, not even through their own link
         try:
             os.makedirs(os.path.dirname(link), exist_ok=True)
         except OSError:  # an earlier change put a file or a dangling link on the way
@@ -139,10 +142,14 @@ class Proposal:
 
 
 def snapshot(directory: str) -> Dict[str, bytes]:
+    """Every file's bytes and every link's target under ``directory``, links never followed."""
     out = {}
-    for parent, _dirs, files in os.walk(directory):
-        for name in files:
+    for parent, dirs, files in os.walk(directory):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(parent, d))]:
             path = os.path.join(parent, name)
+            if os.path.islink(path):
+                out[os.path.relpath(path, directory)] = b"-> " + os.fsencode(os.readlink(path))
+                continue
             with open(path, "rb") as handle:
                 out[os.path.relpath(path, directory)] = handle.read()
     return out
