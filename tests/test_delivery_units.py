@@ -147,7 +147,7 @@ def test_a_run_whose_confirmed_ack_the_broker_lost_is_not_run_again(fresh_ids):
     the restart.  The run is acked without running; a later identical request still runs."""
     agent, transport, proc = make()
     transport.fresh_ids = fresh_ids
-    transport.forget_acks_on_drop = True
+    transport.forget_acks_on_drop = transport.forgets_confirmed_acks = True
     agent.run_once(0)
     transport.publish(QUEUE, body(n="1", quick=True))
     spin(agent, lambda: len(transport.acked) == 1)
@@ -159,6 +159,49 @@ def test_a_run_whose_confirmed_ack_the_broker_lost_is_not_run_again(fresh_ids):
     transport.publish(QUEUE, body(n="1", quick=True))
     spin(agent, lambda: len(transport.acked) == 3)
     assert proc.ran == ["1", "1"]
+
+
+@IDS
+def test_a_repeated_request_soon_after_a_broker_restart_runs(fresh_ids):
+    """Promise 5 (found by the fault harness, ActiveMQ seed 707068): a run acked just before the
+    broker restarted, then the same body sent again as a new request on the young connection.
+    The broker kept its ACK, so the new message is not a redelivery: it must run."""
+    agent, transport, proc = make()
+    transport.fresh_ids = fresh_ids
+    agent.run_once(0)
+    transport.publish(QUEUE, body(n="1", quick=True))
+    spin(agent, lambda: len(transport.acked) == 1)
+    settle_down(agent)
+    transport.drop_connection("broker restarted")
+    spin(agent, lambda: agent.connected)
+    transport.publish(QUEUE, body(n="1", quick=True))
+    spin(agent, lambda: len(transport.acked) == 2)
+    assert proc.ran == ["1", "1"]
+    assert len(bodies(transport, "/queue/DONE")) == 2
+
+
+@IDS
+def test_a_repeat_given_back_after_a_broker_restart_still_runs(fresh_ids):
+    """Promise 5 on a broker that forgets confirmed ACKs: the repeat waits for its instrument's
+    slot, is given back, and comes back marked redelivered; it is not taken for a lost ACK."""
+    agent, transport, proc = make(max_procs=2, jobs_per_instrument=1)
+    transport.fresh_ids = fresh_ids
+    transport.forgets_confirmed_acks = True
+    agent.run_once(0)
+    transport.publish(QUEUE, body(n="1", inst="X", quick=True))
+    spin(agent, lambda: len(transport.acked) == 1)
+    settle_down(agent)
+    transport.drop_connection("broker restarted")
+    spin(agent, lambda: agent.connected)
+    transport.publish(QUEUE, body(n="long", inst="X"))
+    spin(agent, lambda: bodies(transport, "/queue/STARTED"))
+    transport.publish(QUEUE, body(n="1", inst="X", quick=True))
+    spin(agent, lambda: agent.runs.in_state(RunState.WAITING))
+    for run in agent.runs.in_state(RunState.WAITING):
+        agent._let_go(run, "test: given back")
+    proc.gate.set()
+    spin(agent, lambda: len(transport.acked) == 3)
+    assert sorted(proc.ran) == ["1", "1", "long"]
 
 
 def test_standing_cancel_does_not_answer_a_later_resubmission():
@@ -304,3 +347,40 @@ def test_a_run_confirmed_by_an_agent_that_never_came_back_is_answered_by_another
     spin(other, lambda: len(broker.acked) == 2)
     assert proc.ran == ["1"], "the same request sent again later did not run"
     assert len(bodies(broker, "/queue/DONE")) == 1
+
+
+def test_a_standing_cancel_goes_to_the_claimant_of_a_run_redelivered_elsewhere(tmp_path):
+    """Promises 3 and 6 (fault harness, ActiveMQ seed 707068): A runs a claimed run and misses the
+    cancel (partitioned); the run is redelivered to B, where the cancel stands.  B must not answer
+    "cancelled" beside A's outcome: it hands the cancel to A through the claim, and A answers once."""
+    run = body(n="1", inst="CNCS", ipts="IPTS-1", data_file="/SNS/CNCS/IPTS-1/nexus/CNCS_1.nxs.h5")
+    first, first_broker, first_proc = make(data_root=str(tmp_path), lease_refresh_sec=0.1)
+    first.run_once(0)
+    first_broker.publish(QUEUE, run)
+    spin(first, lambda: bodies(first_broker, "/queue/STARTED"))
+    first_broker.refuse_connect = True
+    first_broker.drop_connection("partitioned")
+    first_broker.queues[QUEUE].clear()  # the broker gives the run to B (below)
+
+    other, broker, proc = make(data_root=str(tmp_path), lease_refresh_sec=0.1)
+    other.run_once(0)
+    broker.topic("/topic/POSTPROCESSING.CANCEL", body(cancel=True, instrument="CNCS", run_number="1"))
+    broker.publish(QUEUE, run, {"redelivered": "true"})
+    both = [first, other]
+
+    def step() -> bool:
+        for agent in both:
+            agent.run_once(0.01)
+        return True
+
+    spin(first, lambda: step() and any(r.ctx is not None and r.ctx.cancelled_by for r in first.runs))
+    error = first.config.destination("postprocess_error")
+    assert not bodies(broker, error) and not broker.acked, "B answered beside A"
+    first_proc.gate.set()
+    first_broker.refuse_connect = False
+    spin(first, lambda: step() and bool(bodies(first_broker, error) and broker.acked))
+    settle_down(other)
+    errors = bodies(first_broker, error) + bodies(broker, error)
+    assert len(errors) == 1 and errors[0]["error"].startswith("cancelled by"), errors
+    assert proc.ran == [] and first_proc.ran == []
+    assert not bodies(first_broker, "/queue/DONE") and not bodies(broker, "/queue/DONE")

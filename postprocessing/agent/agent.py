@@ -272,7 +272,7 @@ class Agent:
             return
         if taken is not None:
             logger.info("message %s repeats a run settled elsewhere since: a new request", logsafe.text(d.message_id))
-        elif not in_flight and self._ack_lost_by_broker(ident):
+        elif d.redelivered and not in_flight and self._ack_lost_by_broker(ident):
             logger.info("message %s repeats a run acked just before the broker went away, which lost that ack: "
                         "acknowledging", logsafe.text(d.message_id))
             try:
@@ -314,7 +314,7 @@ class Agent:
                 return
             self.journal.set_ref(run.row, run_ref(run.work.payload))
             cancel = self.cancel_desk.on_arrival(run.work.payload)
-            if cancel is not None:
+            if cancel is not None and not self.leases.hand_cancel(run, cancel.who):
                 logger.info("[%s] dropped on arrival: cancelled by %s", run.work.label, cancel.who)
                 self._finish(run, processor.cancelled(run.work, cancel.who))
         except InvalidMessage as err:
@@ -337,6 +337,11 @@ class Agent:
         self.holding.next_admission = None
         if not self.holding.overloaded():
             for run in self.runs.in_state(RunState.WAITING):
+                if run.cancelled_by is not None and run.processor is not None and run.work is not None:
+                    logger.info("[%s] its claimant is gone: answering the cancel by %s here", run.label,
+                                logsafe.text(run.cancelled_by))
+                    self._finish(run, run.processor.cancelled(run.work, run.cancelled_by))
+                    continue
                 if not self.slots.can_start(run.instrument, run.proposal):
                     continue
                 verdict = self.leases.claimed(run, {ref for _row, ref, _ident in self._acks.values() if ref})
@@ -371,6 +376,7 @@ class Agent:
     def _forget(self, run: Run, why: str) -> None:
         """Drop a run that never started; the broker still has its message."""
         logger.info("letting go of message %s (%s)", logsafe.text(run.delivery.message_id), why)
+        self._acked_before.pop(run.identity, None)  # it comes back redelivered, and is not a lost ACK
         self.runs.pop(run.key)
         self.journal.forget(run.row)
 
@@ -462,10 +468,12 @@ class Agent:
         self._reconcile()
 
     def _ack_lost_by_broker(self, ident: str) -> bool:
-        """Whether ``ident`` was acked (receipt and all) on the connection before this one, shortly
-        before it dropped, and this connection is young: a broker SIGKILLed then (RabbitMQ, or
-        Artemis without a synced journal) can forget the ACK it confirmed, and redeliver.  Used
-        once per ACK, so a second identical request runs."""
+        """Whether a redelivered ``ident`` is the broker's copy of a run acked (receipt and all) on
+        the connection before this one, shortly before it dropped, on a young connection: a broker
+        that confirms ACKs before they are on disk (RabbitMQ) forgets them when SIGKILLed and
+        redelivers, marked redelivered.  A new request is not marked so; used once per ACK."""
+        if not self.transport.forgets_confirmed_acks:
+            return False
         now = time.monotonic()
         while self._acked_before and now - next(iter(self._acked_before.values()))[1] > _LOST_ACK_SEC:
             self._acked_before.popitem(last=False)

@@ -12,6 +12,11 @@ modification time has not changed for ``lease_stale_sec`` while it watched is st
 clocks need not agree between hosts.  A lease of a dead process on this same host is
 stale at once.
 
+An agent that holds a run for its claimant and has a cancel for it (the claimant missed the
+cancel, for example while partitioned from the broker) hands the cancel over in
+``<lease>.cancel`` (the claim's nonce and who cancelled); the claimant reads it when it
+refreshes its lease and stops the job.
+
 When the claimant's outcome is confirmed by the broker it writes ``<lease>.done`` (its
 nonce, the request's identity, the outcome's destination and body), then removes the lease.
 The done file says "outcome confirmed, message maybe not acked": whoever acks the run's
@@ -155,10 +160,35 @@ class Claims:
             current = self._read(claim.path)
             if current is not None and current.get("nonce") == claim.nonce:
                 os.unlink(claim.path)
+            if self.cancel_asked(claim) is not None:
+                os.unlink(self.cancel_path(claim.path))
         except (OSError, UnsafePath) as err:
             logger.warning("could not release claim %s: %s", claim.path, err)
 
+    def cancel_asked(self, claim: Claim) -> Optional[str]:
+        """Who cancelled this claim's run through its cancel file, if anybody did."""
+        data = self._read(self.cancel_path(claim.path))
+        if data is None or data.get("nonce") != claim.nonce:
+            return None
+        return str(data.get("who") or "another agent")
+
     # -- the holder ----------------------------------------------------------------------
+    def ask_cancel(self, watch: Watch, who: str) -> bool:
+        """Hand a cancel to the claimant of ``watch``; False if it cannot be written."""
+        body = json.dumps({"nonce": watch.nonce, "who": who, "host": self.host}).encode()
+        fresh = "%s.%s" % (self.cancel_path(watch.path), uuid.uuid4().hex)
+        try:
+            fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644)
+            try:
+                os.write(fd, body)
+            finally:
+                os.close(fd)
+            os.rename(fresh, self.cancel_path(watch.path))
+        except OSError as err:
+            logger.warning("could not hand the cancel of %s to its claimant: %s", watch.path, err)
+            return False
+        return True
+
     def look(self, path: str) -> Optional[Watch]:
         """The lease at ``path`` as it is now; None if there is none."""
         try:
@@ -224,6 +254,10 @@ class Claims:
     @staticmethod
     def done_path(path: str) -> str:
         return path + ".done"
+
+    @staticmethod
+    def cancel_path(path: str) -> str:
+        return path + ".cancel"
 
     # -- helpers -------------------------------------------------------------------------
     def _dead_here(self, watch: Watch) -> bool:

@@ -72,6 +72,11 @@ class Leases:
                 if not self.claims.refresh(run.claim) and run.ctx is not None:
                     run.claim_lost = True
                     run.ctx.cancel("its claim was lost")
+                    continue
+                who = self.claims.cancel_asked(run.claim)
+                if who is not None and run.ctx is not None and not run.ctx.cancelled_by:
+                    logger.info("[%s] cancelled by %s (handed over by another agent)", run.label, who)
+                    run.ctx.cancel(who)
             elif run.state is RunState.HELD and run.watch is not None:
                 destination = self._look(run)
                 if destination is not None:
@@ -80,6 +85,26 @@ class Leases:
         if any(r.watch is not None or (r.claim is not None and r.state is RunState.RUNNING) for r in runs):
             self.due = time.monotonic() + self.config.lease_refresh_sec
         return answered, freed
+
+    def hand_cancel(self, run: Run, who: str) -> bool:
+        """A cancel met a run that another live agent runs: hand it over and hold the run for that
+        agent's outcome.  False when nobody else runs it (the cancel is this agent's to answer)."""
+        assert run.work is not None and run.processor is not None
+        if not run.processor.cancellable or self.config.communication_only:
+            return False
+        path = lease_path(self.config, run.work.payload, run.processor.name)
+        try:
+            watch = self.claims.look(path) if path is not None else None
+            if watch is None or self.claims.check(watch) != "live" or not self.claims.ask_cancel(watch, who):
+                return False
+        except (OSError, UnsafePath):
+            return False
+        logger.info("[%s] cancelled by %s while %s pid %d runs it: the cancel goes to that agent", run.label,
+                    who, watch.host or "?", watch.pid)
+        run.state, run.watch, run.cancelled_by = RunState.HELD, watch, who
+        if self.due is None:
+            self.due = time.monotonic() + self.config.lease_refresh_sec
+        return True
 
     def release(self, run: Run, destination: str, body: object) -> Optional[str]:
         """The run's outcome is confirmed: leave it beside the lease; returns the journal's claim reference."""

@@ -42,6 +42,8 @@ class Run:
     watch: Optional[Watch] = None
     #: Another agent took the claim over while the job ran: its outcome is not ours to send.
     claim_lost: bool = False
+    #: A cancel handed to the claimant while HELD: if the claim dies instead, the run is answered cancelled.
+    cancelled_by: Optional[str] = None
     #: The done file (lease path, nonce) that a confirmed ACK of this run's message clears.
     done_ref: Optional[Tuple[str, str]] = None
     waiting_since: float = dataclasses.field(default_factory=time.monotonic)

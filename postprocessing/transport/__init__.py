@@ -73,6 +73,10 @@ class Transport(Protocol):
     def returns_on_unsubscribe(self) -> bool:
         """Whether dropping a subscription returns its un-acked messages to the queue (ActiveMQ, Artemis)."""
 
+    @property
+    def forgets_confirmed_acks(self) -> bool:
+        """Whether the broker, SIGKILLed, can forget ACKs it confirmed and redeliver them (RabbitMQ)."""
+
     def connect(self) -> None:
         """Connect to the first broker that answers; raises TransportError otherwise."""
 

@@ -43,6 +43,8 @@ class MemoryTransport:
         #: Like a broker SIGKILLed before it stored the ACKs it confirmed: a dropped connection puts
         #: the messages it acked back on their queues, redelivered.
         self.forget_acks_on_drop = False
+        #: What the agent is told about the broker's ACKs (``forget_acks_on_drop`` is what happens).
+        self.forgets_confirmed_acks = False
         self._acked_here: List[Tuple[str, _Message]] = []
         #: ACK receipts wait here until :meth:`release_ack_receipts` (an ACK still in flight).
         self.hold_ack_receipts = False
