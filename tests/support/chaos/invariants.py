@@ -179,8 +179,9 @@ def _stalls(fig: Figures, requests: List[Request], executions: List[Execution], 
                                       if e.start <= t < e.end)
         stalled = bool(waiting) and any(running[h] < max_procs for h in calm)
         if stalled and spell_start is None:
-            spell_start, at_start = t, "%d waiting, running per host %s" % (
-                len(waiting), {h: running[h] for h in calm})
+            spell_start, at_start = t, "%d waiting (%s), running per host %s" % (
+                len(waiting), ", ".join("run %d request %d" % (r.run, r.generation) for r in waiting[:5]),
+                {h: running[h] for h in calm})
         if (not stalled or t + step > window[1]) and spell_start is not None:
             length = t - spell_start
             fig.longest_stall_sec = max(fig.longest_stall_sec, length)
