@@ -384,3 +384,25 @@ def test_a_standing_cancel_goes_to_the_claimant_of_a_run_redelivered_elsewhere(t
     assert len(errors) == 1 and errors[0]["error"].startswith("cancelled by"), errors
     assert proc.ran == [] and first_proc.ran == []
     assert not bodies(first_broker, "/queue/DONE") and not bodies(broker, "/queue/DONE")
+
+
+def test_a_late_cancel_missed_by_the_agent_that_ran_the_run_does_not_silence_a_repeat(tmp_path):
+    """Promise 6 (fault harness, Artemis seed 902976): A reduced the run and was down when a late
+    cancel for it went out, so nobody closed the cancel and it stands on B.  A repeated request
+    reaching B must run: the run's settled claim shows it was answered before the cancel."""
+    run = body(n="1", inst="CNCS", ipts="IPTS-1", data_file="/SNS/CNCS/IPTS-1/nexus/CNCS_1.nxs.h5")
+    first, first_broker, first_proc = make(data_root=str(tmp_path))
+    first_proc.gate.set()
+    first.run_once(0)
+    first_broker.publish(QUEUE, run)
+    spin(first, lambda: first_broker.acked and not first.runs)
+    settle_down(first)
+
+    other, broker, proc = make(data_root=str(tmp_path))
+    proc.gate.set()
+    other.run_once(0)
+    broker.topic("/topic/POSTPROCESSING.CANCEL", body(cancel=True, instrument="CNCS", run_number="1"))
+    broker.publish(QUEUE, run)
+    spin(other, lambda: broker.acked)
+    assert proc.ran == ["1"], "a cancel sent after the run finished silenced a later request"
+    assert len(bodies(broker, "/queue/DONE")) == 1

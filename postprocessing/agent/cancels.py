@@ -56,24 +56,30 @@ class CancelBook:
     def __init__(self, window_sec: float) -> None:
         self.window = window_sec
         self._pending: Dict[Tuple[str, str], Tuple[CancelRequest, float]] = {}
+        #: When (wall clock) each standing cancel arrived here.
+        self._since: Dict[Tuple[str, str], float] = {}
 
     def add(self, cancel: CancelRequest) -> None:
         self._pending[(cancel.instrument, cancel.run_number)] = (cancel, time.monotonic() + self.window)
+        self._since[(cancel.instrument, cancel.run_number)] = time.time()
 
     def discard(self, cancel: CancelRequest) -> None:
         self._pending.pop((cancel.instrument, cancel.run_number), None)
+        self._since.pop((cancel.instrument, cancel.run_number), None)
 
-    def take(self, request: RunRequest) -> Optional[CancelRequest]:
-        """The standing cancel for ``request``, removed from the book, if any."""
+    def take(self, request: RunRequest) -> Optional[Tuple[CancelRequest, float]]:
+        """The standing cancel for ``request`` and when it arrived (wall clock), removed from the book."""
         now = time.monotonic()
         for key, (_cancel, expires) in list(self._pending.items()):
             if expires < now:
                 del self._pending[key]
-        entry = self._pending.get((request.instrument, request.run_number))
+                self._since.pop(key, None)
+        key = (request.instrument, request.run_number)
+        entry = self._pending.get(key)
         if entry is None or not entry[0].matches(request):
             return None
-        del self._pending[(request.instrument, request.run_number)]
-        return entry[0]
+        del self._pending[key]
+        return entry[0], self._since.pop(key, time.time())
 
 
 def cancel_targets(cancel: CancelRequest, runs: RunTable) -> List[Run]:

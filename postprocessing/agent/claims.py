@@ -12,6 +12,9 @@ modification time has not changed for ``lease_stale_sec`` while it watched is st
 clocks need not agree between hosts.  A lease of a dead process on this same host is
 stale at once.
 
+Once the run's message is acked, the done file becomes ``<lease>.settled``: when the run was
+last answered, which tells a late cancel from one for a request still queued (cancelling.py).
+
 An agent that holds a run for its claimant and has a cancel for it (the claimant missed the
 cancel, for example while partitioned from the broker) hands the cancel over in
 ``<lease>.cancel`` (the claim's nonce and who cancelled); the claimant reads it when it
@@ -229,12 +232,22 @@ class Claims:
         return data
 
     def acked(self, path: str, nonce: str) -> None:
-        """The run's message is acked for good (receipt): its done file has nothing more to answer."""
+        """The run's message is acked for good (receipt): its done file has nothing more to answer.
+
+        It becomes ``<lease>.settled``, whose modification time says when the run was last
+        answered (see :meth:`settled_at`)."""
         try:
             if self.outcome(path, nonce) is not None:
-                os.unlink(self.done_path(path))
+                os.replace(self.done_path(path), self.settled_path(path))
         except OSError as err:
-            logger.warning("could not remove %s: %s", self.done_path(path), err)
+            logger.warning("could not settle %s: %s", self.done_path(path), err)
+
+    def settled_at(self, path: str) -> Optional[float]:
+        """When the run of lease ``path`` was last answered and acked, by any agent (wall clock)."""
+        try:
+            return os.stat(self.settled_path(path), follow_symlinks=False).st_mtime
+        except OSError:
+            return None
 
     def break_lease(self, watch: Watch) -> None:
         """Remove a stale lease, unless it changed meanwhile (then it is left alone)."""
@@ -256,6 +269,10 @@ class Claims:
         return path + ".done"
 
     @staticmethod
+    def settled_path(path: str) -> str:
+        return path + ".settled"
+
+    @staticmethod
     def cancel_path(path: str) -> str:
         return path + ".cancel"
 
@@ -267,7 +284,7 @@ class Claims:
         return not psutil.pid_exists(watch.pid)
 
     def _prune_done(self, path: str) -> None:
-        """Remove done files older than ``journal_keep_sec`` beside ``path``; once an hour per directory."""
+        """Remove done and settled files older than ``journal_keep_sec`` beside ``path``; once an hour per directory."""
         directory = os.path.dirname(path)
         now = time.monotonic()
         if now - self._pruned.get(directory, -_PRUNE_EVERY) < _PRUNE_EVERY:
@@ -276,7 +293,7 @@ class Claims:
         cutoff = time.time() - self.config.journal_keep_sec
         try:
             for entry in os.scandir(directory):
-                if ".lease.done" in entry.name \
+                if (".lease.done" in entry.name or entry.name.endswith(".lease.settled")) \
                         and entry.stat(follow_symlinks=False).st_mtime < cutoff:
                     os.unlink(entry.path)
         except OSError as err:
