@@ -387,10 +387,17 @@ def test_a_standing_cancel_goes_to_the_claimant_of_a_run_redelivered_elsewhere(t
 
 
 def test_a_late_cancel_missed_by_the_agent_that_ran_the_run_does_not_silence_a_repeat(tmp_path):
-    """Promise 6 (fault harness, Artemis seed 902976): A reduced the run and was down when a late
-    cancel for it went out, so nobody closed the cancel and it stands on B.  A repeated request
-    reaching B must run: the run's settled claim shows it was answered before the cancel."""
+    """Promise 6 (fault harness, Artemis seed 902976): a cancel goes out while A, cut off from the
+    broker, finishes the run; A's outcome is confirmed only after the cancel, and nobody closes
+    the cancel, so it stands on B.  A repeated request reaching B must run: the run's claim
+    shows it was answered since the cancel's window opened."""
     run = body(n="1", inst="CNCS", ipts="IPTS-1", data_file="/SNS/CNCS/IPTS-1/nexus/CNCS_1.nxs.h5")
+    other, broker, proc = make(data_root=str(tmp_path))
+    proc.gate.set()
+    other.run_once(0)
+    broker.topic("/topic/POSTPROCESSING.CANCEL", body(cancel=True, instrument="CNCS", run_number="1"))
+    settle_down(other)
+
     first, first_broker, first_proc = make(data_root=str(tmp_path))
     first_proc.gate.set()
     first.run_once(0)
@@ -398,11 +405,7 @@ def test_a_late_cancel_missed_by_the_agent_that_ran_the_run_does_not_silence_a_r
     spin(first, lambda: first_broker.acked and not first.runs)
     settle_down(first)
 
-    other, broker, proc = make(data_root=str(tmp_path))
-    proc.gate.set()
-    other.run_once(0)
-    broker.topic("/topic/POSTPROCESSING.CANCEL", body(cancel=True, instrument="CNCS", run_number="1"))
     broker.publish(QUEUE, run)
     spin(other, lambda: broker.acked)
-    assert proc.ran == ["1"], "a cancel sent after the run finished silenced a later request"
+    assert proc.ran == ["1"], "a cancel for a run answered since silenced a later request"
     assert len(bodies(broker, "/queue/DONE")) == 1

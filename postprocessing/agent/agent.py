@@ -313,7 +313,7 @@ class Agent:
             if not processor.cancellable:
                 return
             self.journal.set_ref(run.row, run_ref(run.work.payload))
-            cancel = self.cancel_desk.on_arrival(run.work.payload, self.leases.settled_at(run))
+            cancel = self.cancel_desk.on_arrival(run.work.payload, self.leases.answered_at(run))
             if cancel is not None and not self.leases.hand_cancel(run, cancel.who):
                 logger.info("[%s] dropped on arrival: cancelled by %s", run.work.label, cancel.who)
                 self._finish(run, processor.cancelled(run.work, cancel.who))

@@ -2,8 +2,8 @@
 
 A fanned-out cancel stops the runs here that it names.  If there are none, it stands for a
 queued run that arrives later, unless the journal shows that run settled here already, or
-the run's settled claim on the shared filesystem shows that another agent answered it
-shortly before the cancel (an agent that was down when the cancel went out).
+the run's claim on the shared filesystem shows that another agent answered it since the
+cancel's window opened (an agent that was down or cut off when the cancel went out).
 Once a cancel met its run, every agent hears it is closed (``"cancel": "closed"`` on the
 fan-out topic), so that a later request for that run is not silenced.
 """
@@ -32,21 +32,22 @@ class CancelDesk:
         self.journal = journal
         self.book = CancelBook(config.cancel_window_sec)
 
-    def on_arrival(self, request: RunRequest, settled_at: Optional[float] = None) -> Optional[CancelRequest]:
+    def on_arrival(self, request: RunRequest, answered_at: Optional[float] = None) -> Optional[CancelRequest]:
         """The standing cancel that drops a run on arrival, if any (and it is closed then).
 
-        ``settled_at``: when the run was last answered by any agent (its settled claim).  A run
-        answered within the window before the cancel arrived is what the cancel was for (its
-        agent missed it, being down or cut off): the cancel is closed, and this later request runs."""
+        ``answered_at``: when the run was last answered by any agent (its claim's done or
+        settled file).  Requests of one run follow each other, so a run answered since the
+        cancel's window opened took the cancel's place (its agent missed the cancel, being down
+        or cut off from the broker): the cancel is closed, and this later request runs."""
         taken = self.book.take(request)
         if taken is None:
             return None
         cancel, since = taken
         self.announce_closed(cancel)
-        if settled_at is not None and since - self.config.cancel_window_sec <= settled_at <= since:
-            logger.info("cancel of %s %s by %s: that run was answered before it, %.0f s earlier; this later "
+        if answered_at is not None and answered_at >= since - self.config.cancel_window_sec:
+            logger.info("cancel of %s %s by %s: that run was answered %.0f s from the cancel; this later "
                         "request runs", logsafe.text(cancel.instrument), logsafe.text(cancel.run_number),
-                        logsafe.text(cancel.who), since - settled_at)
+                        logsafe.text(cancel.who), answered_at - since)
             return None
         return cancel
 

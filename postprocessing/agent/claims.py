@@ -235,19 +235,22 @@ class Claims:
         """The run's message is acked for good (receipt): its done file has nothing more to answer.
 
         It becomes ``<lease>.settled``, whose modification time says when the run was last
-        answered (see :meth:`settled_at`)."""
+        answered (see :meth:`answered_at`)."""
         try:
             if self.outcome(path, nonce) is not None:
                 os.replace(self.done_path(path), self.settled_path(path))
         except OSError as err:
             logger.warning("could not settle %s: %s", self.done_path(path), err)
 
-    def settled_at(self, path: str) -> Optional[float]:
-        """When the run of lease ``path`` was last answered and acked, by any agent (wall clock)."""
-        try:
-            return os.stat(self.settled_path(path), follow_symlinks=False).st_mtime
-        except OSError:
-            return None
+    def answered_at(self, path: str) -> Optional[float]:
+        """When the run of lease ``path`` was last answered (outcome confirmed), by any agent (wall clock)."""
+        times = []
+        for answer in (self.done_path(path), self.settled_path(path)):
+            try:
+                times.append(os.stat(answer, follow_symlinks=False).st_mtime)
+            except OSError:
+                continue
+        return max(times) if times else None
 
     def break_lease(self, watch: Watch) -> None:
         """Remove a stale lease, unless it changed meanwhile (then it is left alone)."""

@@ -86,11 +86,11 @@ class Leases:
             self.due = time.monotonic() + self.config.lease_refresh_sec
         return answered, freed
 
-    def settled_at(self, run: Run) -> Optional[float]:
-        """When this run (any request of it) was last answered and acked by any agent, if known."""
+    def answered_at(self, run: Run) -> Optional[float]:
+        """When this run (any request of it) was last answered by any agent, if known (wall clock)."""
         assert run.work is not None and run.processor is not None
         path = lease_path(self.config, run.work.payload, run.processor.name) if run.processor.cancellable else None
-        return self.claims.settled_at(path) if path is not None else None
+        return self.claims.answered_at(path) if path is not None else None
 
     def hand_cancel(self, run: Run, who: str) -> bool:
         """A cancel met a run that another live agent runs: hand it over and hold the run for that
