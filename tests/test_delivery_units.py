@@ -409,3 +409,65 @@ def test_a_late_cancel_missed_by_the_agent_that_ran_the_run_does_not_silence_a_r
     spin(other, lambda: broker.acked)
     assert proc.ran == ["1"], "a cancel for a run answered since silenced a later request"
     assert len(bodies(broker, "/queue/DONE")) == 1
+
+
+@IDS
+def test_a_redelivered_repeat_long_after_the_last_ack_runs(fresh_ids, monkeypatch):
+    """Promise 5 (fault harness, RabbitMQ seed 431851): run 30 acked, its repeat delivered (so
+    marked redelivered once the broker restarts), the broker SIGKILLed 12 s after the ACK.  The
+    ACKs a broker forgets are those of the last fraction of a second before it died: this one
+    was safe, so the redelivered repeat is a new request and runs."""
+    monkeypatch.setattr("postprocessing.agent.agent._LOST_ACK_WINDOW", 0.2)
+    agent, transport, proc = make()
+    transport.fresh_ids = fresh_ids
+    transport.forgets_confirmed_acks = True
+    agent.run_once(0)
+    transport.publish(QUEUE, body(n="1", quick=True))
+    spin(agent, lambda: len(transport.acked) == 1)
+    settle_down(agent)
+    time.sleep(0.3)
+    transport.drop_connection("broker SIGKILLed")
+    spin(agent, lambda: agent.connected)
+    transport.publish(QUEUE, body(n="1", quick=True), {"redelivered": "true"})
+    spin(agent, lambda: len(transport.acked) == 2)
+    assert proc.ran == ["1", "1"]
+
+
+def test_a_cancel_meeting_a_waiting_copy_of_a_run_another_agent_runs_answers_once(tmp_path):
+    """Promise 3 (fault harness, RabbitMQ seed 431851): after a broker restart B holds a copy of the
+    run that A runs (waiting for B's instrument slot) when the cancel goes out.  B must not answer
+    "cancelled" beside A: the cancel goes to A through the claim, and B settles from A's outcome."""
+    run = body(n="1", inst="CNCS", ipts="IPTS-1", data_file="/SNS/CNCS/IPTS-1/nexus/CNCS_1.nxs.h5")
+    first, first_broker, first_proc = make(data_root=str(tmp_path), lease_refresh_sec=0.1)
+    first.run_once(0)
+    first_broker.publish(QUEUE, run)
+    spin(first, lambda: bodies(first_broker, "/queue/STARTED"))
+    first_broker.refuse_connect = True
+    first_broker.drop_connection("broker restarted")
+    first_broker.queues[QUEUE].clear()  # the broker gives the run to B (below)
+
+    other, broker, proc = make(data_root=str(tmp_path), lease_refresh_sec=0.1, max_procs=2, jobs_per_instrument=1)
+    other.run_once(0)
+    broker.publish(QUEUE, body(n="x", inst="CNCS"))
+    spin(other, lambda: bodies(broker, "/queue/STARTED"))
+    broker.publish(QUEUE, run, {"redelivered": "true"})
+    spin(other, lambda: other.runs.in_state(RunState.WAITING))
+    broker.topic("/topic/POSTPROCESSING.CANCEL", body(cancel=True, instrument="CNCS", run_number="1"))
+    both = [first, other]
+
+    def step() -> bool:
+        for agent in both:
+            agent.run_once(0.01)
+        return True
+
+    spin(first, lambda: step() and any(r.ctx is not None and r.ctx.cancelled_by for r in first.runs))
+    error = first.config.destination("postprocess_error")
+    assert not bodies(broker, error), "B answered beside A"
+    first_proc.gate.set()
+    proc.gate.set()
+    first_broker.refuse_connect = False
+    spin(first, lambda: step() and bool(bodies(first_broker, error)) and len(broker.acked) == 2)
+    settle_down(other)
+    errors = bodies(first_broker, error) + bodies(broker, error)
+    assert len(errors) == 1 and errors[0]["error"].startswith("cancelled by"), errors
+    assert proc.ran == ["x"] and first_proc.ran == []
