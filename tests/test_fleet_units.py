@@ -8,6 +8,7 @@ from postprocessing.agent.control import parse_command
 from postprocessing.agent.runs import RunState
 from postprocessing.errors import InvalidMessage
 from postprocessing.fleet.view import Fleet, render
+from tests.support.cli import assert_no_traceback, run_cli, write_config
 from tests.support.memagent import QUEUE, bodies, make, settle_down, spin
 
 CONTROL = "/topic/POSTPROCESSING.FLEET.CONTROL"
@@ -156,3 +157,40 @@ def test_the_view_marks_silent_nodes_missing_after_three_intervals():
     text = render(fleet.entries(), expect=2)
     assert "running: CNCS 7 IPTS-1 reduction 1m15s 3 MB" in text
     assert "\x1b" not in text and text.endswith("1 node live, 1 missing (expected at least 2)")
+
+
+@pytest.mark.parametrize("args, error", [
+    (["drain"], "postprocessing drain: name the agents: --host H or --all"),
+    (["shutdown", "--wait", "0", "--all"], "postprocessing shutdown: --wait must be greater than 0"),
+    (["pause", "--all"], "postprocessing pause: name the instrument: --instrument I"),
+    (["unpause"], "postprocessing unpause: name the instrument: --instrument I, or --all"),
+    (["pause", "--instrument", "a/b"], "postprocessing pause: --instrument must be a plain name such as CNCS"),
+    (["fleet", "--interval", "0"], "postprocessing fleet: --interval must be greater than 0"),
+    (["logs", "--instrument", "CNCS", "--run", "x1"], "postprocessing logs: --run must be a run number"),
+])
+def test_command_line_mistakes_are_usage_errors(tmp_path, args, error):
+    path = write_config(str(tmp_path / "pp.conf"), {"brokers": [["127.0.0.1", 1]]})
+    proc = run_cli(None, *args, "--config", path)
+    assert proc.returncode == 2 and proc.stderr.strip() == error
+    assert_no_traceback(proc)
+
+
+def test_logs_finds_a_runs_files_through_the_layout(tmp_path):
+    root = tmp_path / "data"
+    nexus = root / "SNS" / "CNCS" / "IPTS-3" / "nexus"
+    nexus.mkdir(parents=True)
+    (nexus / "CNCS_42.nxs.h5").write_bytes(b"x")
+    logs_dir = root / "SNS" / "CNCS" / "IPTS-3" / "shared" / "autoreduce" / "reduction_log"
+    logs_dir.mkdir(parents=True)
+    (logs_dir / "CNCS_42.nxs.h5.log").write_text("line 1\nline 2\n")
+    path = write_config(str(tmp_path / "pp.conf"), {"data_root": str(root)})
+    proc = run_cli(path, "logs", "--instrument", "cncs", "--run", "042")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ("reduction log: %s\nerror file:    %s\n--- reduction log ---\nline 1\nline 2\n"
+                           "--- error file: not there (yet) ---\n" % (logs_dir / "CNCS_42.nxs.h5.log",
+                                                                      logs_dir / "CNCS_42.nxs.h5.err"))
+    (root / "SNS" / "CNCS" / "IPTS-4" / "nexus").mkdir(parents=True)
+    (root / "SNS" / "CNCS" / "IPTS-4" / "nexus" / "CNCS_42.nxs.h5").write_bytes(b"x")
+    proc = run_cli(path, "logs", "--instrument", "CNCS", "--run", "42")
+    assert proc.returncode == 1
+    assert "CNCS run 42 is in several proposals (IPTS-3, IPTS-4): give --ipts" in proc.stderr

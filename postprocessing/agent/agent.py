@@ -305,6 +305,7 @@ class Agent:
             return
         if self.stopping or self.holding.draining:
             self._let_go(run, "stopping" if self.stopping else "draining")
+            self._reconcile()  # a draining agent on RabbitMQ drops the subscription it came on
             return
         self._accept(run, queue)
         self._admit()
