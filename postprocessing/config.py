@@ -180,6 +180,11 @@ class Config:
     journal_keep_sec: float = 604800.0
     lease_stale_sec: float = 60.0
     lease_refresh_sec: float = 10.0
+    # fleet: status messages and control commands (docs/operations.md)
+    fleet_status: str = "/topic/POSTPROCESSING.FLEET.STATUS"
+    fleet_control: str = "/topic/POSTPROCESSING.FLEET.CONTROL"
+    #: Broker users (as the broker validates them) whose fleet control commands are obeyed.
+    control_users: Tuple[str, ...] = ()
 
     # -- derived values --------------------------------------------------------
     def destination(self, name: str) -> str:
@@ -319,6 +324,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("lease_refresh_sec", "must be greater than 0 and less than lease_stale_sec")
     if not cfg.pid_file or not os.path.isabs(cfg.pid_file):
         raise ConfigError("pid_file", "must be an absolute path")
+    for key in ("fleet_status", "fleet_control"):
+        if not getattr(cfg, key).startswith("/topic/"):
+            raise ConfigError(key, "must be a topic (/topic/NAME): every agent and operator hears it")
     for pattern in cfg.exceptions:
         try:
             re.compile(pattern)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the demo and the tests need on a fresh Debian machine (run as root):
 # Java and ActiveMQ Classic, ActiveMQ Artemis (from Maven Central, with Maven), RabbitMQ,
-# rpmbuild, systemd-analyze, PostgreSQL, and the Python package with its test extras.
+# rpmbuild, systemd-analyze, PostgreSQL, tmux (the `fleet --watch` test), and the Python package with its test extras.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -13,6 +13,7 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
 command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
 if [ ${#need[@]} -gt 0 ]; then
     echo "install-deps: installing ${need[*]}"
     apt-get update -qq

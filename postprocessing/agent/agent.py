@@ -22,6 +22,7 @@ from postprocessing import logsafe, messages
 from postprocessing.agent.cancelling import CancelDesk
 from postprocessing.agent.cancels import parse_cancel, run_ref
 from postprocessing.agent.claims import Claims
+from postprocessing.agent.control import ControlDesk
 from postprocessing.agent.events import JobDone, Publish, Stop
 from postprocessing.agent.heartbeat import heartbeat_body, ping_reply, reply_destination
 from postprocessing.agent.holding import Holding
@@ -33,6 +34,7 @@ from postprocessing.agent.observer import Observer
 from postprocessing.agent.outbox import Outbox
 from postprocessing.agent.ping import PingPolicy, own_destinations
 from postprocessing.agent.runs import Run, RunState, RunTable
+from postprocessing.agent.status import StatusBoard
 from postprocessing.agent.subscriptions import Subscriptions
 from postprocessing.config import Config
 from postprocessing.errors import InvalidMessage, NotConnected
@@ -46,6 +48,7 @@ logger = logging.getLogger(__name__)
 _PING_SUB = "pp-ping"
 _CANCEL_SUB = "pp-cancel"
 _FANOUT_SUB = "pp-cancel-fanout"
+_CONTROL_SUB = "pp-fleet-control"
 #: After a (re)connect, how long a full agent keeps subscriptions open for the redeliveries of
 #: the jobs it still runs (a broker hands returned messages out again at once).
 _REJOIN_WINDOW = 10.0
@@ -91,6 +94,9 @@ class Agent:
         self._next_heartbeat = 0.0
         self._last_activity = time.monotonic()
         self.ping_policy = PingPolicy(own_destinations(config) + list(self.processors))
+        self.status = StatusBoard(config, hostname, self.pid, self.transport)
+        self.control = ControlDesk(config, hostname, self.pid, self.transport, self.journal, self.holding,
+                                   self.ping_policy)
 
     @property
     def connected(self) -> bool:
@@ -107,6 +113,8 @@ class Agent:
                     ", ".join(self.processors))
         while not self.run_once():
             pass
+        if self.connected:
+            self._status(force=True, stopped=True)
         self.transport.disconnect()
         self.journal.close()
         logger.info("agent stopped")
@@ -135,6 +143,8 @@ class Agent:
         retry = self.outbox.next_retry()
         if self.connected and retry is not None and now >= retry:
             self.outbox.retry(now)
+        if self.connected:
+            self._status()
         if self.stopping and self._finished(now):
             return True
         wait = self._wait_time() if max_wait is None else min(max_wait, self._wait_time())
@@ -193,6 +203,7 @@ class Agent:
         self.observer.reconnected()
         try:
             self.transport.subscribe(self.config.heartbeat_ping, _PING_SUB, client_ack=False, prefetch=1)
+            self.transport.subscribe(self.config.fleet_control, _CONTROL_SUB, client_ack=False, prefetch=1)
             if self._cancellable():
                 self.transport.subscribe(self.config.destination("reduction_cancel"), _CANCEL_SUB,
                                          client_ack=True, prefetch=1)
@@ -223,7 +234,8 @@ class Agent:
         self._dropped_at = {event.epoch: time.monotonic()}
         self.subs.reset()
         self._acks.clear()  # their runs stay "maybe not acked" in the journal
-        for run in self.runs.in_state(RunState.WAITING) + self.runs.in_state(RunState.HELD):
+        for run in (self.runs.in_state(RunState.WAITING) + self.runs.in_state(RunState.HELD)
+                    + self.runs.in_state(RunState.PAUSED)):
             self._forget(run, "the broker takes it back")
 
     def _heartbeat(self) -> None:
@@ -233,6 +245,7 @@ class Agent:
         except NotConnected:
             return
         self._next_heartbeat = time.monotonic() + self.config.heartbeat_interval_sec
+        self._status(force=True)
         self.observer.heartbeat_sent()
         self.journal.prune()
 
@@ -254,6 +267,9 @@ class Agent:
             return
         if d.subscription == _FANOUT_SUB:
             self._on_cancel(d)
+            return
+        if d.subscription == _CONTROL_SUB:
+            self._on_control(d)
             return
         queue = self._queue_of(d)
         if queue is None:
@@ -293,8 +309,9 @@ class Agent:
         if d.subscription == _CANCEL_SUB:
             self._fan_out_cancel(run)
             return
-        if self.stopping:
-            self._let_go(run, "stopping")
+        if self.stopping or self.holding.draining:
+            self._let_go(run, "stopping" if self.stopping else "draining")
+            self._reconcile()  # a draining agent on RabbitMQ drops the subscription it came on
             return
         self._accept(run, queue)
         self._admit()
@@ -341,12 +358,14 @@ class Agent:
     def _admit(self) -> None:
         """Start waiting runs that have a slot, unless the node is overloaded."""
         self.holding.next_admission = None
-        if not self.holding.overloaded():
+        if not self.holding.draining and not self.holding.overloaded():
             for run in self.runs.in_state(RunState.WAITING):
                 if run.cancelled_by is not None and run.processor is not None and run.work is not None:
                     logger.info("[%s] its claimant is gone: answering the cancel by %s here", run.label,
                                 logsafe.text(run.cancelled_by))
                     self._finish(run, run.processor.cancelled(run.work, run.cancelled_by))
+                    continue
+                if self.holding.hold_if_paused(run):
                     continue
                 if not self.slots.can_start(run.instrument, run.proposal):
                     continue
@@ -367,7 +386,7 @@ class Agent:
                                         self.transport.returns_on_unsubscribe, rejoin)
         for run in let_go:
             self._let_go(run, "no free slot")
-        self.subs.reconcile(free)
+        self.subs.reconcile(free, drop_idle=self.holding.draining)
 
     def _let_go(self, run: Run, why: str) -> None:
         """Give a run that has not started back to the broker and forget it.
@@ -422,6 +441,7 @@ class Agent:
         if run.processor is not None and run.ctx is not None:
             self.observer.job_finished(run.processor.name, event.outcome.destination,
                                        time.monotonic() - run.started_at, run.ctx.kill_reason)
+        self.status.outcome(run, event.outcome.destination, event.outcome.body, time.monotonic() - run.started_at)
         if run.claim_lost:
             self._let_go(run, "another agent took its claim over; its outcome is that agent's to send")
         else:
@@ -526,6 +546,20 @@ class Agent:
                 self._finish(run, run.processor.cancelled(run.work, cancel.who))
         if targets:
             self._reconcile()
+
+    # -- fleet status and control (status.py, control.py) ---------------------------------
+    def _status(self, force: bool = False, stopped: bool = False) -> None:
+        """Publish the fleet status when it changed (or ``force``)."""
+        self.status.publish(self.runs, self.holding, self.slots.running, self.stopping, force, stopped)
+
+    def _on_control(self, d: Delivery) -> None:
+        effect = self.control.on_command(d, self.runs)
+        if effect.stop is not None:
+            self._on_stop(Stop(effect.stop))
+        if effect.refit:
+            self._admit()
+        if effect.status:
+            self._status(force=True)
 
     # -- ping ----------------------------------------------------------------------------
     def _answer_ping(self, d: Delivery) -> None:

@@ -8,7 +8,7 @@ from postprocessing.errors import InvalidMessage
 from postprocessing.messages import decode_body
 
 #: A single destination: no ActiveMQ wildcard (``*``, ``>``) or composite (``,``) that would reach many.
-_REPLY_TO = re.compile(r"/(queue|topic|temp-queue|temp-topic|reply-queue|amq/queue)/[^\x00\r\n:*>#,]{1,200}")
+REPLY_TO = re.compile(r"/(queue|topic|temp-queue|temp-topic|reply-queue|amq/queue)/[^\x00\r\n:*>#,]{1,200}")
 
 
 def heartbeat_body(hostname: str, pid: int) -> Dict[str, str]:
@@ -31,6 +31,6 @@ def reply_destination(body: bytes, max_bytes: int) -> Optional[Dict[str, Any]]:
     except InvalidMessage:
         return None
     reply_to = ping.get("reply_to")
-    if not isinstance(reply_to, str) or not _REPLY_TO.fullmatch(reply_to):
+    if not isinstance(reply_to, str) or not REPLY_TO.fullmatch(reply_to):
         return None
     return ping

@@ -4,12 +4,18 @@ Runs wait here only for a per-instrument slot, and at most ``max_procs`` of them
 every slot is busy, the node is overloaded or the agent is stopping, waiting runs go back
 to the broker, where an idle agent can take them.  (On RabbitMQ they stay until they
 have waited ``max_wait_hold_sec`` or the agent stops: see subscriptions.py.)
+
+An operator may drain the agent (it starts nothing more and gives back what waits, but
+stays connected) or pause instruments (their runs are held un-acked, in state PAUSED,
+and not started: the broker keeps them as un-acknowledged, and takes them back when the
+agent goes; see agent/control.py and docs/operations.md).
 """
 
 import logging
 import time
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
+from postprocessing import logsafe
 from postprocessing.agent.runs import Run, RunState, RunTable
 from postprocessing.config import Config
 from postprocessing.jobs.limits import Admission
@@ -24,6 +30,19 @@ class Holding:
         #: When to look at the node's load again, while it is overloaded.
         self.next_admission: Optional[float] = None
         self._overload_reason: Optional[str] = None
+        #: Set by ``postprocessing drain``: no run starts, waiting runs go back, nothing new is taken.
+        self.draining = False
+        #: Instruments paused by ``postprocessing pause`` -> since when (wall clock).
+        self.paused: Dict[str, float] = {}
+
+    def hold_if_paused(self, run: Run) -> bool:
+        """Whether ``run``'s instrument is paused; if so it is held, not started (state PAUSED)."""
+        if run.instrument is None or run.instrument.upper() not in self.paused:
+            return False
+        if run.state is not RunState.PAUSED:
+            logger.info("[%s] %s is paused: held un-acked, not started", run.label, logsafe.text(run.instrument))
+        run.state = RunState.PAUSED
+        return True
 
     def overloaded(self) -> bool:
         reason = self.admission.overloaded()
@@ -56,12 +75,13 @@ class Holding:
         to an idle agent (which would hold them on their claim).
         """
         max_procs = self.config.max_procs
-        blocked = stopping or running >= max_procs or self.overloaded()
+        emptying = stopping or self.draining
+        blocked = emptying or running >= max_procs or self.overloaded()
         waiting = runs.in_state(RunState.WAITING)
         keep = 0 if blocked else max_procs
-        let_go = waiting[keep:] if stopping or returns_on_unsubscribe else []
-        if stopping:
-            let_go += runs.in_state(RunState.HELD)
+        let_go = waiting[keep:] if emptying or returns_on_unsubscribe else []
+        if emptying:
+            let_go += runs.in_state(RunState.HELD) + runs.in_state(RunState.PAUSED)
         finishing = sum(1 for r in runs.in_state(RunState.FINISHING) if r.ctx is not None)
         free = max_procs - max(running + finishing, len(waiting[:keep]))
         orphans = 0 if stopping or rejoin_epoch is None else runs.orphans(rejoin_epoch)

@@ -8,6 +8,8 @@ redelivery), and it is gone.  So a confirmed run is not executed again, even by 
 restarted agent, while the same body sent again later is a new request and runs.
 
 Settled records are kept ``journal_keep_sec`` (for cancels and for inspection), then pruned.
+The instruments an operator paused (``postprocessing pause``) are kept here too, so that a
+pause survives a restart.
 """
 
 import hashlib
@@ -15,7 +17,7 @@ import logging
 import os
 import sqlite3
 import time
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from postprocessing.errors import ConfigError
 
@@ -33,6 +35,11 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_identity ON runs (identity, state);
 CREATE INDEX IF NOT EXISTS runs_updated ON runs (updated);
+CREATE TABLE IF NOT EXISTS paused (
+    instrument TEXT PRIMARY KEY,
+    since REAL NOT NULL,
+    by TEXT
+);
 """
 
 _COLUMNS = frozenset({"id", "identity", "run_ref", "state", "destination", "claim", "updated"})
@@ -134,6 +141,19 @@ class Journal:
         cur2 = self._db.execute("DELETE FROM runs WHERE state = ? AND updated < ?",
                                 (UNACKED, now - 10 * self.keep_sec))
         return cur.rowcount + cur2.rowcount
+
+    # -- paused instruments --------------------------------------------------------------
+    def paused(self) -> Dict[str, Tuple[float, Optional[str]]]:
+        """Instrument -> (since, wall clock; who paused it) of every paused instrument."""
+        return {str(inst): (float(since), by) for inst, since, by in
+                self._db.execute("SELECT instrument, since, by FROM paused")}
+
+    def pause(self, instrument: str, by: Optional[str]) -> None:
+        self._db.execute("INSERT OR IGNORE INTO paused (instrument, since, by) VALUES (?, ?, ?)",
+                         (instrument, time.time(), by))
+
+    def unpause(self, instrument: str) -> None:
+        self._db.execute("DELETE FROM paused WHERE instrument = ?", (instrument,))
 
     def _set(self, row: int, state: str) -> None:
         self._db.execute("UPDATE runs SET state = ?, updated = ? WHERE id = ?", (state, time.time(), row))

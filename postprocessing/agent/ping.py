@@ -27,6 +27,7 @@ _OWN_KEYS = (
     "catalog_data_ready", "catalog_started", "catalog_complete", "catalog_error",
     "reduction_catalog_data_ready", "reduction_catalog_started", "reduction_catalog_complete",
     "reduction_catalog_error", "create_reduction_script", "heart_beat", "heartbeat_ping", "cancel_fanout",
+    "fleet_status", "fleet_control",
 )
 
 

@@ -20,6 +20,8 @@ class RunState(enum.Enum):
     RUNNING = "running"
     #: Its outcome is sent; the broker's receipt settles it.
     FINISHING = "finishing"
+    #: Its instrument is paused (``postprocessing pause``): held un-acked, not started.
+    PAUSED = "paused"
 
 
 @dataclasses.dataclass

@@ -79,17 +79,18 @@ class Subscriptions:
             del self._subs[delivery.subscription]
             self._unsubscribe(delivery.subscription)
 
-    def reconcile(self, free: int) -> None:
+    def reconcile(self, free: int, drop_idle: bool = False) -> None:
         """Fit the subscriptions to ``free`` slots.
 
         At least one idle subscription per queue while slots are free, at most ``free`` per
         queue, none when there are none (on RabbitMQ idle ones are kept regardless).  Idle
         subscriptions are kept, rather than dropped and re-opened, while they fit: that
-        saves a SUBSCRIBE and an UNSUBSCRIBE per run.
+        saves a SUBSCRIBE and an UNSUBSCRIBE per run.  ``drop_idle`` (a draining agent)
+        drops idle ones on RabbitMQ too: a subscription holding nothing leaves nothing behind.
         """
         for queue in self._queues:
             idle = [s for s, (q, held) in self._subs.items() if q == queue and not held]
-            for sub_id in idle[max(free, 0):] if self._dynamic else []:
+            for sub_id in idle[max(free, 0):] if self._dynamic or drop_idle else []:
                 del self._subs[sub_id]
                 self._unsubscribe(sub_id)
             if free > 0 and not idle:

@@ -7,7 +7,7 @@ from typing import List, Optional, Tuple
 
 from postprocessing import __version__
 from postprocessing import config as config_mod
-from postprocessing.cli import daemonctl, dlq, ping, requeue, run
+from postprocessing.cli import control, daemonctl, dlq, fleet, logs, ping, requeue, run
 from postprocessing.errors import ConfigError, PostProcessingError, UsageError
 
 EXIT_CONFIG = 2
@@ -40,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
     requeue.add_parser(sub)
     ping.add_parser(sub)
     dlq.add_parser(sub)
+    fleet.add_parser(sub)
+    control.add_parser(sub)
+    logs.add_parser(sub)
     _config_everywhere(p)
     return p
 

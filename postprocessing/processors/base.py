@@ -115,6 +115,11 @@ class JobContext:
             self.kill_reason = result.kill_reason
         return result
 
+    def pids(self) -> List[int]:
+        """The process ids of the job's subprocesses now running (for the fleet status)."""
+        with self._lock:
+            return [proc.pid for proc in self._processes]
+
     def cancel(self, who: str) -> None:
         """Cancel the run (from any thread): kill its processes; later ``run_process`` calls refuse."""
         reason = "cancelled by %s" % who

@@ -144,11 +144,11 @@ class MemoryTransport:
             self._pump(destination)
         return message_id
 
-    def topic(self, destination: str, body: bytes) -> None:
+    def topic(self, destination: str, body: bytes, headers: Optional[Dict[str, str]] = None) -> None:
         """Deliver a topic message to every subscription on it."""
         for sub_id, (dest, _prefetch, _client) in list(self.subscriptions.items()):
             if dest == destination:
-                self._deliver(sub_id, ("ID:memory-%d" % next(self._ids), body, {}), client=False)
+                self._deliver(sub_id, ("ID:memory-%d" % next(self._ids), body, dict(headers or {})), client=False)
 
     def drop_connection(self, reason: str = "dropped") -> None:
         """The connection dies: held messages go back to their queues, marked redelivered."""

@@ -27,6 +27,8 @@ def queue_names(prefix: str) -> Dict[str, str]:
     names["heartbeat_ping"] = "/topic/%s.PING" % prefix
     names["service_status"] = "/topic/%s.${instrument}.STATUS.POSTPROCESS" % prefix
     names["cancel_fanout"] = "/topic/%s.CANCEL_FANOUT" % prefix
+    names["fleet_status"] = "/topic/%s.FLEET_STATUS" % prefix
+    names["fleet_control"] = "/topic/%s.FLEET_CONTROL" % prefix
     return names
 
 
