@@ -417,7 +417,7 @@ def test_a_redelivered_repeat_long_after_the_last_ack_runs(fresh_ids, monkeypatc
     marked redelivered once the broker restarts), the broker SIGKILLed 12 s after the ACK.  The
     ACKs a broker forgets are those of the last fraction of a second before it died: this one
     was safe, so the redelivered repeat is a new request and runs."""
-    monkeypatch.setattr("postprocessing.agent.agent._LOST_ACK_WINDOW", 0.2)
+    monkeypatch.setattr("postprocessing.agent.acks.LOST_ACK_WINDOW", 0.2)
     agent, transport, proc = make()
     transport.fresh_ids = fresh_ids
     transport.forgets_confirmed_acks = True

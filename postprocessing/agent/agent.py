@@ -9,7 +9,6 @@ The loop's parts live beside it: the run table (runs.py), the broker link (link.
 holding and admission (holding.py), subscriptions, the outbox and cancellation.
 """
 
-import collections
 import itertools
 import logging
 import os
@@ -19,12 +18,13 @@ import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from postprocessing import logsafe, messages
+from postprocessing.agent.acks import AckBook
 from postprocessing.agent.cancelling import CancelDesk
 from postprocessing.agent.cancels import parse_cancel, run_ref
 from postprocessing.agent.claims import Claims
 from postprocessing.agent.control import ControlDesk
 from postprocessing.agent.events import JobDone, Publish, Stop
-from postprocessing.agent.heartbeat import heartbeat_body, ping_reply, reply_destination
+from postprocessing.agent.heartbeat import heartbeat_body
 from postprocessing.agent.holding import Holding
 from postprocessing.agent.jobthread import job_logger, publisher, start_job
 from postprocessing.agent.journal import Journal, identity
@@ -32,7 +32,7 @@ from postprocessing.agent.leases import Leases
 from postprocessing.agent.link import BrokerLink
 from postprocessing.agent.observer import Observer
 from postprocessing.agent.outbox import Outbox
-from postprocessing.agent.ping import PingPolicy, own_destinations
+from postprocessing.agent.ping import PingPolicy, answer_ping, own_destinations
 from postprocessing.agent.runs import Run, RunState, RunTable
 from postprocessing.agent.status import StatusBoard
 from postprocessing.agent.subscriptions import Subscriptions
@@ -52,11 +52,6 @@ _CONTROL_SUB = "pp-fleet-control"
 #: After a (re)connect, how long a full agent keeps subscriptions open for the redeliveries of
 #: the jobs it still runs (a broker hands returned messages out again at once).
 _REJOIN_WINDOW = 10.0
-#: How long an ACK's receipt is remembered, and how young a connection is, for a lost ACK.
-_LOST_ACK_SEC = 60.0
-#: How long before a connection drop a confirmed ACK may still be forgotten by a SIGKILLed broker
-#: (RabbitMQ 3.10, measured: ACKs confirmed 0.15 s before the kill came back, 0.3 s before did not).
-_LOST_ACK_WINDOW = 1.0
 
 
 class Agent:
@@ -81,13 +76,7 @@ class Agent:
         self.cancel_desk = CancelDesk(config, hostname, self.transport, self.journal)
         self.leases = Leases(config, Claims(config, hostname, self.pid))
         self._keys = itertools.count(1)
-        #: ACK receipt id -> the journal row of the run it settles, the run's done file, its identity.
-        self._acks: Dict[str, Tuple[int, Optional[Tuple[str, str]], str]] = {}
-        #: Identity -> (connection epoch, when) of ACKs the broker confirmed, for _ack_lost_by_broker.
-        self._acked_before: collections.OrderedDict[str, Tuple[int, float]] = collections.OrderedDict()
-        self._connected_at = 0.0
-        #: Connection epoch -> when its drop was noticed (monotonic), for _ack_lost_by_broker.
-        self._dropped_at: Dict[int, float] = {}
+        self.acks = AckBook()
         self.stopping = False
         self._stop_deadline: Optional[float] = None
         self._rejoin_until: Optional[float] = None
@@ -210,8 +199,8 @@ class Agent:
                 self.transport.subscribe(self.config.cancel_fanout, _FANOUT_SUB, client_ack=False, prefetch=1)
         except NotConnected:
             return
-        self._connected_at = time.monotonic()
-        self._rejoin_until = self._connected_at + _REJOIN_WINDOW
+        self.acks.connected()
+        self._rejoin_until = time.monotonic() + _REJOIN_WINDOW
         self._reconcile()
         self.outbox.resend()
         self._next_heartbeat = 0.0
@@ -231,9 +220,8 @@ class Agent:
     def _on_disconnected(self, event: Disconnected) -> None:
         if not self.link.lost(event):
             return
-        self._dropped_at = {event.epoch: time.monotonic()}
         self.subs.reset()
-        self._acks.clear()  # their runs stay "maybe not acked" in the journal
+        self.acks.dropped(event.epoch)
         for run in (self.runs.in_state(RunState.WAITING) + self.runs.in_state(RunState.HELD)
                     + self.runs.in_state(RunState.PAUSED)):
             self._forget(run, "the broker takes it back")
@@ -263,7 +251,8 @@ class Agent:
             return
         self._last_activity = time.monotonic()
         if d.subscription == _PING_SUB:
-            self._answer_ping(d)
+            answer_ping(d, self.config, self.ping_policy, self.transport, self.hostname, self.pid,
+                        self.runs.count(RunState.RUNNING))
             return
         if d.subscription == _FANOUT_SUB:
             self._on_cancel(d)
@@ -284,7 +273,7 @@ class Agent:
             return
         # While an ACK of this identity is on its way on the live connection, the broker is not
         # redelivering that message: the same body now is a new request.
-        in_flight = any(acking == ident for _row, _ref, acking in self._acks.values())
+        in_flight = self.acks.in_flight(ident)
         taken = None if in_flight else self.journal.take_unacked(ident)
         done_ref = self.leases.still_unacked(taken[1]) if taken is not None else None
         if taken is not None and done_ref is not None:
@@ -294,7 +283,8 @@ class Agent:
             return
         if taken is not None:
             logger.info("message %s repeats a run settled elsewhere since: a new request", logsafe.text(d.message_id))
-        elif d.redelivered and not in_flight and self._ack_lost_by_broker(ident):
+        elif (d.redelivered and not in_flight and self.transport.forgets_confirmed_acks
+              and self.acks.lost_by_broker(ident, d.epoch)):
             logger.info("message %s repeats a run acked just before the broker went away, which lost that ack: "
                         "acknowledging", logsafe.text(d.message_id))
             try:
@@ -369,7 +359,7 @@ class Agent:
                     continue
                 if not self.slots.can_start(run.instrument, run.proposal):
                     continue
-                verdict = self.leases.claimed(run, {ref for _row, ref, _ident in self._acks.values() if ref})
+                verdict = self.leases.claimed(run, self.acks.done_files_in_flight())
                 if verdict is None:
                     self._start(run)
                 elif verdict != "held":  # answered already by a claimant whose ack was lost
@@ -401,7 +391,7 @@ class Agent:
     def _forget(self, run: Run, why: str) -> None:
         """Drop a run that never started; the broker still has its message."""
         logger.info("letting go of message %s (%s)", logsafe.text(run.delivery.message_id), why)
-        self._acked_before.pop(run.identity, None)  # it comes back redelivered, and is not a lost ACK
+        self.acks.given_back(run.identity)
         self.runs.pop(run.key)
         self.journal.forget(run.row)
 
@@ -456,9 +446,8 @@ class Agent:
                          on_confirm=lambda: self._confirmed(run.key, result), headers=result.headers)
 
     def _on_receipt(self, event: Receipt) -> None:
-        acked = self._acks.pop(event.receipt_id, None)
+        acked = self.acks.receipt(event.receipt_id, event.epoch)
         if acked is not None:
-            self._acked_before[acked[2]] = (event.epoch, time.monotonic())
             self.journal.acked(acked[0])
             self.leases.acked(acked[1])
             return
@@ -493,22 +482,6 @@ class Agent:
         self._ack(run.delivery, run.identity, run.row, run.done_ref)
         self._reconcile()
 
-    def _ack_lost_by_broker(self, ident: str) -> bool:
-        """Whether a redelivered ``ident`` is the broker's copy of a run acked (receipt and all) on
-        the connection before this one, within ``_LOST_ACK_WINDOW`` of its drop, on a young connection: a broker
-        that confirms ACKs before they are on disk (RabbitMQ) forgets them when SIGKILLed and
-        redelivers, marked redelivered.  A new request is not marked so; used once per ACK."""
-        if not self.transport.forgets_confirmed_acks:
-            return False
-        now = time.monotonic()
-        while self._acked_before and now - next(iter(self._acked_before.values()))[1] > _LOST_ACK_SEC:
-            self._acked_before.popitem(last=False)
-        seen = self._acked_before.pop(ident, None)
-        if seen is None or seen[0] == self.transport.epoch or now - self._connected_at > _LOST_ACK_SEC:
-            return False
-        dropped = self._dropped_at.get(seen[0])
-        return dropped is not None and dropped - seen[1] <= _LOST_ACK_WINDOW
-
     def _ack(self, d: Delivery, ident: str, row: int, done_ref: Optional[Tuple[str, str]] = None) -> None:
         """ACK with a receipt: until it comes, the journal (and the done file) keep the run "maybe not acked"."""
         receipt = "ack-%d" % next(self._keys)
@@ -517,7 +490,7 @@ class Agent:
         except NotConnected:
             logger.info("message %s will be redelivered and answered from the journal", d.message_id)
             return
-        self._acks[receipt] = (row, done_ref, ident)
+        self.acks.sent(receipt, (row, done_ref, ident))
         self.subs.done(d)
 
     # -- cancellation --------------------------------------------------------------------
@@ -560,17 +533,3 @@ class Agent:
             self._admit()
         if effect.status:
             self._status(force=True)
-
-    # -- ping ----------------------------------------------------------------------------
-    def _answer_ping(self, d: Delivery) -> None:
-        ping = reply_destination(d.body, self.config.max_body_bytes)
-        sender = validated_user(d.headers, self.transport.kind)
-        refusal = "no usable reply_to" if ping is None else self.ping_policy.refusal(ping["reply_to"])
-        if ping is None or refusal is not None:
-            self.ping_policy.log_refusal(sender, refusal or "")
-            return
-        body = messages.encode(ping_reply(ping, self.hostname, self.pid, self.runs.count(RunState.RUNNING)))
-        try:
-            self.transport.send(ping["reply_to"], body, headers={"persistent": "false"})
-        except NotConnected:
-            logger.info("could not answer ping: not connected")

@@ -11,8 +11,12 @@ import logging
 import time
 from typing import Callable, Dict, Iterable, List, Optional
 
-from postprocessing import logsafe
+from postprocessing import logsafe, messages
+from postprocessing.agent.heartbeat import ping_reply, reply_destination
 from postprocessing.config import Config
+from postprocessing.errors import NotConnected
+from postprocessing.transport import Delivery, Transport
+from postprocessing.transport.validated import validated_user
 
 logger = logging.getLogger(__name__)
 
@@ -84,3 +88,19 @@ class PingPolicy:
         self._logged[who] = now
         logger.warning("ping from %s not answered: %s (%d refused so far; next report for this sender "
                        "in a minute at the earliest)", logsafe.text(who), logsafe.text(reason), self.refused)
+
+
+def answer_ping(d: Delivery, config: Config, policy: PingPolicy, transport: Transport, hostname: str, pid: int,
+                running: int) -> None:
+    """Answer a ping on its ``reply_to``, unless the policy refuses it (logged)."""
+    ping = reply_destination(d.body, config.max_body_bytes)
+    sender = validated_user(d.headers, transport.kind)
+    refusal = "no usable reply_to" if ping is None else policy.refusal(ping["reply_to"])
+    if ping is None or refusal is not None:
+        policy.log_refusal(sender, refusal or "")
+        return
+    body = messages.encode(ping_reply(ping, hostname, pid, running))
+    try:
+        transport.send(ping["reply_to"], body, headers={"persistent": "false"})
+    except NotConnected:
+        logger.info("could not answer ping: not connected")
