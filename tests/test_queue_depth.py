@@ -3,7 +3,6 @@
 import time
 
 import pytest
-import requests
 
 from postprocessing import config as config_module
 from postprocessing.devtools.brokerproc import free_port
@@ -12,24 +11,6 @@ from tests.support.agentproc import queue_names
 from tests.support.client import Collector
 
 pytestmark = pytest.mark.broker
-
-#: The keyword each private broker kind takes for its management port.
-_MANAGEMENT = {"activemq": "jolokia_port", "artemis": "web_port", "rabbitmq": "management_port"}
-
-
-@pytest.fixture
-def managed(broker, private_broker):
-    """A private broker of the session's kind with its management interface on, answering."""
-    b = private_broker(**{_MANAGEMENT[broker.kind]: free_port()})
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            requests.get(b.management_url, timeout=5)
-            return b
-        except requests.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def config_for(b, prefix, **overrides):
@@ -57,18 +38,18 @@ def wait_read(reader, check, timeout=60.0):
         time.sleep(0.5)
 
 
-def test_depth_and_age_of_waiting_messages(managed):
+def test_depth_and_age_of_waiting_messages(managed_broker):
     prefix = "QD%d" % free_port()
-    cfg = config_for(managed, prefix)
+    cfg = config_for(managed_broker, prefix)
     reader = queues.reader(cfg)
-    assert reader is not None and reader.kind == managed.kind
+    assert reader is not None and reader.kind == managed_broker.kind
     data_ready, dlq = cfg.reduction_data_ready, "%s.DLQ" % prefix
-    client = Collector(managed.port, managed.user, managed.password,
-                       vhost="/" if managed.kind == "rabbitmq" else None)
+    client = Collector(managed_broker.port, managed_broker.user, managed_broker.password,
+                       vhost="/" if managed_broker.kind == "rabbitmq" else None)
     try:
         # RabbitMQ knows a message's age only from its timestamp (STOMP header ``timestamp``, seconds).
         def stamp():
-            return {"timestamp": str(int(time.time()))} if managed.kind == "rabbitmq" else {}
+            return {"timestamp": str(int(time.time()))} if managed_broker.kind == "rabbitmq" else {}
 
         for run in range(3):
             client.send("/queue/" + data_ready, {"instrument": "CNCS", "run_number": run}, stamp())
@@ -86,17 +67,17 @@ def test_depth_and_age_of_waiting_messages(managed):
     assert 2.0 <= old < 60 and 0 <= young < old, (old, young)
 
 
-def test_an_empty_or_absent_queue_reads_zero(managed):
-    cfg = config_for(managed, "QE%d" % free_port())
+def test_an_empty_or_absent_queue_reads_zero(managed_broker):
+    cfg = config_for(managed_broker, "QE%d" % free_port())
     depths = queues.reader(cfg).read()
     assert [(d.messages, d.oldest_age_sec) for d in depths] == [(0, None)] * 3
 
 
-def test_wrong_credentials_are_an_error_naming_the_url(managed):
-    cfg = config_for(managed, "QW%d" % free_port(), management_user=managed.user, management_pwd="wrong")
+def test_wrong_credentials_are_an_error_naming_the_url(managed_broker):
+    cfg = config_for(managed_broker, "QW%d" % free_port(), management_user=managed_broker.user, management_pwd="wrong")
     with pytest.raises(queues.ManagementError) as err:
         queues.reader(cfg).read()
-    assert managed.management_url in str(err.value)
+    assert managed_broker.management_url in str(err.value)
 
 
 def test_without_a_management_url_nothing_is_read():
