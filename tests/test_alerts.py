@@ -77,3 +77,13 @@ def test_the_rules_query_only_metrics_the_agent_exports():
         assert queried, rule["expr"]
         assert queried <= exported, "%s queries %s, which the agent does not export" % (
             rule["alert"], sorted(queried - exported))
+
+
+def test_every_exported_metric_is_documented_in_operations_md():
+    with open(os.path.join(ROOT, "docs", "operations.md"), encoding="utf-8") as handle:
+        doc = handle.read()
+    names = {n for n in promql.exported() if not n.endswith(("_created", "_bucket", "_sum", "_count"))}
+    names |= {"postprocessing_job_duration_seconds"}
+    missing = sorted(n for n in names if "`%s`" % n not in doc)
+    assert not missing, "not described in docs/operations.md: %s" % missing
+    assert len(names) >= 20
