@@ -66,5 +66,8 @@ if ! rabbitmqctl -q status >/dev/null 2>&1; then
     rabbitmqctl -q await_startup --timeout 120
 fi
 rabbitmq-plugins -q enable rabbitmq_stomp >/dev/null
+# Its management API (port 15672), which management_url reads queue depth from
+# (the queue-depth tests start private nodes with it instead).
+rabbitmq-plugins -q enable rabbitmq_management >/dev/null
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
