@@ -53,7 +53,7 @@ _URL_KEYS = {"calvera": "calvera_ingest_url", "calvera_reduced": "calvera_ingest
              "intersect": "intersect_ingest_url", "intersect_reduced": "intersect_ingest_url"}
 
 _FACILITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_SECRET_KEYS = frozenset({"amq_pwd", "oncat_api_token"})
+_SECRET_KEYS = frozenset({"amq_pwd", "oncat_api_token", "management_pwd"})
 
 
 def queue_destination(name: str) -> str:
@@ -175,6 +175,13 @@ class Config:
     dead_letter_queue: str = ""
     metrics_port: int = 0
     metrics_address: str = "0.0.0.0"
+    # queue depth from the broker's management interface ("" = not read; docs/operations.md)
+    management_url: str = ""
+    management_user: str = ""
+    management_pwd: str = dataclasses.field(default="", repr=False)
+    management_broker_name: str = ""
+    management_timeout_sec: float = 5.0
+    management_poll_sec: float = 30.0
     # delivery: the run journal and the claims on the shared filesystem (docs/delivery.md)
     journal_path: str = "/var/lib/postprocessing/journal.sqlite3"
     journal_keep_sec: float = 604800.0
@@ -279,7 +286,8 @@ def _validate(cfg: Config) -> None:
     positive = ("max_procs", "heartbeat_interval_sec", "mem_check_interval_sec",
                 "task_time_limit_minutes", "max_body_bytes", "connect_timeout_sec",
                 "reconnect_initial_sec", "reconnect_max_sec", "admission_check_interval_sec",
-                "oncat_timeout_sec", "ingest_timeout_sec", "max_wait_hold_sec")
+                "oncat_timeout_sec", "ingest_timeout_sec", "max_wait_hold_sec",
+                "management_timeout_sec", "management_poll_sec")
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ConfigError(key, "must be greater than 0")
@@ -318,6 +326,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("umask", "expected an octal umask such as \"027\"")
     if not 0 <= cfg.metrics_port < 65536:
         raise ConfigError("metrics_port", "must be a TCP port, or 0 for no metrics endpoint")
+    if cfg.management_url and not re.match(r"https?://[^/\s]+", cfg.management_url):
+        raise ConfigError("management_url", "expected an http:// or https:// URL, got %r" % cfg.management_url)
+    if cfg.management_pwd and not cfg.management_user:
+        raise ConfigError("management_pwd", "is set without management_user")
     if not os.path.isabs(cfg.journal_path):
         raise ConfigError("journal_path", "must be an absolute path")
     if not 0 < cfg.lease_refresh_sec < cfg.lease_stale_sec:

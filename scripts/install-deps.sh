@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the demo and the tests need on a fresh Debian machine (run as root):
 # Java and ActiveMQ Classic, ActiveMQ Artemis (from Maven Central, with Maven), RabbitMQ,
-# rpmbuild, systemd-analyze, PostgreSQL, tmux (the `fleet --watch` test), and the Python package with its test extras.
+# the Jolokia JVM agent (Maven Central), promtool (Debian's prometheus), rpmbuild,
+# systemd-analyze, PostgreSQL, tmux (the `fleet --watch` test), and the Python package with its test extras.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -14,6 +15,7 @@ command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
 command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
     echo "install-deps: installing ${need[*]}"
     apt-get update -qq
@@ -32,6 +34,17 @@ if [ ! -x "$ARTEMIS_ROOT/apache-artemis-$ARTEMIS_VERSION/bin/artemis" ]; then
     mkdir -p "$ARTEMIS_ROOT"
     tar -xzf "$tmp/apache-artemis-$ARTEMIS_VERSION-bin.tar.gz" -C "$ARTEMIS_ROOT"
     rm -rf "$tmp"
+fi
+
+# The Jolokia JVM agent, from Maven Central, under /opt/jolokia: Debian's ActiveMQ Classic has
+# no web console, so the test broker serves its JMX beans to the queue-depth reader this way.
+JOLOKIA_VERSION=2.1.1
+JOLOKIA_ROOT=${PP_JOLOKIA_ROOT:-/opt/jolokia}
+if [ ! -f "$JOLOKIA_ROOT/jolokia-agent-jvm-$JOLOKIA_VERSION-javaagent.jar" ]; then
+    echo "install-deps: fetching the Jolokia JVM agent $JOLOKIA_VERSION from Maven Central"
+    mkdir -p "$JOLOKIA_ROOT"
+    mvn -q -B dependency:copy -Dartifact="org.jolokia:jolokia-agent-jvm:$JOLOKIA_VERSION:jar:javaagent" \
+        -DoutputDirectory="$JOLOKIA_ROOT"
 fi
 
 # PostgreSQL: a running cluster and a superuser role for the current user.
@@ -54,5 +67,8 @@ if ! rabbitmqctl -q status >/dev/null 2>&1; then
     rabbitmqctl -q await_startup --timeout 120
 fi
 rabbitmq-plugins -q enable rabbitmq_stomp >/dev/null
+# Its management API (port 15672), which management_url reads queue depth from
+# (the queue-depth tests start private nodes with it instead).
+rabbitmq-plugins -q enable rabbitmq_management >/dev/null
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'

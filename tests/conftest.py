@@ -6,12 +6,15 @@ Without a broker the broker tests fail under ``CI`` (set by CI) and skip loudly 
 import itertools
 import os
 import tempfile
+import time
 import warnings
 from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
+import requests
 
 from postprocessing.devtools import activemq, artemis, rabbitmq, rabbitmq_local
+from postprocessing.devtools.brokerproc import free_port
 from tests.support import reliability
 from tests.support.agentproc import AgentProcess, queue_names
 from tests.support.client import Collector
@@ -113,6 +116,25 @@ def private_broker(broker: Any, tmp_path: Any) -> Iterator[Callable[..., Any]]:
     yield start
     for b in started:
         b.kill()
+
+
+#: The keyword each private broker kind takes for the port of its management interface.
+_MANAGEMENT = {"activemq": "jolokia_port", "artemis": "web_port", "rabbitmq": "management_port"}
+
+
+@pytest.fixture
+def managed_broker(broker: Any, private_broker: Callable[..., Any]) -> Any:
+    """A private broker of the session's kind with its management interface on (``management_url``)."""
+    b = private_broker(**{_MANAGEMENT[broker.kind]: free_port()})
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            requests.get(b.management_url, timeout=5)
+            return b
+        except requests.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 @pytest.fixture

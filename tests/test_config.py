@@ -56,6 +56,8 @@ def test_defaults_and_new_keys():
     ("heartbeat_interval_sec", True), ("conda_wrapper", ["conda", "run"]),
     ("facility", "S N S"), ("facility", ""), ("facility", "../x"), ("log_max_bytes", -1),
     ("log_backup_count", -1), ("max_wait_hold_sec", 0), ("ingest_timeout_sec", 0),
+    ("management_url", "broker:8161"), ("management_url", 8161), ("management_poll_sec", 0),
+    ("management_timeout_sec", -1), ("management_pwd", "secret"),
 ])
 def test_bad_values_name_the_key(key, value):
     with pytest.raises(ConfigError) as err:

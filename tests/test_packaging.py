@@ -122,6 +122,9 @@ def test_rpm_is_noarch_and_lists_its_files(rpm_file):
         "/opt/postprocessing/scripts/mantidpython.py",
         "/usr/share/doc/postprocessing/operations.md",
         "/usr/share/doc/postprocessing/security.md",
+        "/usr/share/doc/postprocessing/prometheus/alerts.yml",
+        "/usr/share/doc/postprocessing/prometheus/alerts_test.yml",
+        "/usr/share/doc/postprocessing/grafana/postprocessing-fleet.json",
     ):
         assert expected in files, expected
     assert not [f for f in files if "__pycache__" in f or "/tests/" in f]

@@ -268,6 +268,7 @@ class Agent:
         if run is not None:
             logger.info("redelivery of %s (%s) rejoins its %s job", logsafe.text(d.message_id), run.label,
                         run.state.value)
+            self.observer.duplicate_delivery("rejoined")
             run.delivery = d
             self._reconcile()
             return
@@ -278,6 +279,7 @@ class Agent:
         done_ref = self.leases.still_unacked(taken[1]) if taken is not None else None
         if taken is not None and done_ref is not None:
             logger.info("redelivery %s of a run whose outcome was confirmed: acknowledging", logsafe.text(d.message_id))
+            self.observer.duplicate_delivery("confirmed")
             self._ack(d, ident, taken[0], done_ref)
             self._reconcile()
             return
@@ -287,6 +289,7 @@ class Agent:
               and self.acks.lost_by_broker(ident, d.epoch)):
             logger.info("message %s repeats a run acked just before the broker went away, which lost that ack: "
                         "acknowledging", logsafe.text(d.message_id))
+            self.observer.duplicate_delivery("lost_ack")
             try:
                 self.transport.ack(d)
             except NotConnected:

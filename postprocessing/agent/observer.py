@@ -1,6 +1,6 @@
 """Hooks the loop calls when things happen, for metrics; the default does nothing."""
 
-from typing import Optional
+from typing import Mapping, Optional
 
 
 class Observer:
@@ -23,3 +23,11 @@ class Observer:
 
     def send_refused(self, destination: str, reason: str) -> None:
         """The broker refused a message to ``destination``; it will be sent again."""
+
+    def duplicate_delivery(self, how: str) -> None:
+        """A message came again for a run already known: ``rejoined`` a running job, ``confirmed``
+        (its outcome was already confirmed) or ``lost_ack`` (acked just before the broker went away)."""
+
+    def control_state(self, draining: bool, paused: Mapping[str, float]) -> None:
+        """The agent's drain and pause state changed (and once at start): ``paused`` maps each paused
+        instrument to the Unix time its pause began."""

@@ -13,18 +13,17 @@ import errno
 import logging
 import os
 import select
-import signal
 import sys
 import time
-from typing import Any, List, Optional, Tuple
-
-import psutil
+from typing import Any, List, Optional
 
 from postprocessing.cli import logsetup
 from postprocessing.cli.run import refuse_root, serve
 from postprocessing.config import Config
 from postprocessing.errors import ConfigError, PostProcessingError, UsageError
 from postprocessing.jobs import identity
+from postprocessing.ops import pidfile
+from postprocessing.ops.pidfile import ABSENT, DEAD, RUNNING, gone, identity_path, probe
 from postprocessing.safefiles import open_nofollow
 
 logger = logging.getLogger(__name__)
@@ -35,7 +34,6 @@ STATUS_DEAD = 1
 STATUS_NOT_RUNNING = 3
 STATUS_UNKNOWN = 4
 
-RUNNING, DEAD, ABSENT = "running", "dead", "absent"
 
 
 def add_parser(sub: Any) -> None:
@@ -90,74 +88,6 @@ def _stop_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="how long to wait for the graceful exit (default: the job time limit plus "
                         "kill_grace_sec and shutdown_timeout_sec, plus a minute)")
-
-
-# -- the pidfile ------------------------------------------------------------------------
-def read_pid(path: str) -> Tuple[bool, Optional[int]]:
-    """Whether the pidfile exists, and the pid in it (None when it holds none)."""
-    try:
-        with open(path, encoding="ascii", errors="replace") as handle:
-            text = handle.read(64).strip()
-    except FileNotFoundError:
-        return False, None
-    except OSError as err:
-        raise ConfigError("pid_file", "cannot read %s: %s" % (path, err.strerror)) from None
-    return True, int(text) if text.isdigit() and int(text) > 0 else None
-
-
-def identity_path(pid_file: str) -> str:
-    """Beside the pidfile, the daemon's ``pid:boot-id:start-ticks`` (jobs/identity.py)."""
-    return pid_file + ".id"
-
-
-def is_agent(pid: int, id_file: Optional[str] = None) -> bool:
-    """Whether ``pid`` is a live postprocessing process (not a zombie, not a reused pid).
-
-    The identity the daemon wrote in ``id_file`` decides when it names ``pid``: a pid
-    reused since, even by a process with the same command line, is not the agent."""
-    if id_file is not None:
-        try:
-            with open(id_file, encoding="ascii", errors="replace") as handle:
-                text = handle.read(200).strip()
-        except OSError:
-            text = ""
-        if text.split(":", 1)[0] == str(pid):
-            verdict = identity.alive(text)
-            if verdict is not None:
-                return verdict
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return any(os.path.basename(part) == "postprocessing" for part in proc.cmdline()[:4])
-    except psutil.AccessDenied:
-        return True
-    except psutil.Error:
-        return False
-
-
-def probe(path: str) -> Tuple[str, Optional[int]]:
-    """(RUNNING|DEAD|ABSENT, pid) from the pidfile."""
-    exists, pid = read_pid(path)
-    if not exists:
-        return ABSENT, None
-    if pid is not None and is_agent(pid, identity_path(path)):
-        return RUNNING, pid
-    return DEAD, pid
-
-
-def remove_stale(path: str, pid: Optional[int]) -> None:
-    try:
-        os.unlink(identity_path(path))
-    except OSError:
-        pass
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return
-    except OSError as err:
-        raise PostProcessingError("cannot remove stale pidfile %s: %s" % (path, err.strerror)) from None
-    print("postprocessing: removed stale pidfile %s (pid %s is gone)" % (path, pid or "-"), file=sys.stderr)
 
 
 # -- start ----------------------------------------------------------------------------
@@ -277,6 +207,11 @@ def _daemon_main(cfg: Config, notes: List[str], report_fd: int) -> int:
         context.close()
 
 
+def remove_stale(path: str, pid: Optional[int]) -> None:
+    if pidfile.remove_stale(path):
+        print("postprocessing: removed stale pidfile %s (pid %s is gone)" % (path, pid or "-"), file=sys.stderr)
+
+
 # -- stop -----------------------------------------------------------------------------
 def stop_timeout(cfg: Config, given: Optional[float]) -> float:
     if given is not None:
@@ -286,30 +221,11 @@ def stop_timeout(cfg: Config, given: Optional[float]) -> float:
     return cfg.task_time_limit_minutes * 60.0 + cfg.kill_grace_sec + cfg.shutdown_timeout_sec + 60.0
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.Error:
-        return False
-
-
 def terminate(pid: int, timeout: float) -> None:
     """SIGTERM ``pid`` and wait for it to exit; raises PostProcessingError if it does not."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    except PermissionError:
-        raise PostProcessingError("not allowed to signal pid %d; run this as the agent's user" % pid) from None
-    print("postprocessing: sent SIGTERM to pid %d; waiting for running jobs to finish" % pid, file=sys.stderr)
-    deadline = time.monotonic() + timeout
-    while not _gone(pid):
-        if time.monotonic() > deadline:
-            raise PostProcessingError("pid %d still runs after %.0f s (it finishes its jobs first); "
-                                      "run stop again to keep waiting" % (pid, timeout))
-        time.sleep(0.1)
+    if pidfile.send_term(pid):
+        print("postprocessing: sent SIGTERM to pid %d; waiting for running jobs to finish" % pid, file=sys.stderr)
+        pidfile.wait_gone(pid, timeout)
 
 
 def stop(cfg: Config, pid_arg: Optional[str], timeout: float) -> int:
@@ -320,7 +236,7 @@ def stop(cfg: Config, pid_arg: Optional[str], timeout: float) -> int:
         if not pid_arg.strip().isdigit():
             raise UsageError("--pid: %r is not a process id" % pid_arg)
         pid = int(pid_arg)
-        if _gone(pid):
+        if gone(pid):
             print("postprocessing: not running (pid %d is gone)" % pid)
             return 0
         terminate(pid, timeout)

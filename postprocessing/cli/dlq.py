@@ -1,37 +1,24 @@
 """``postprocessing dlq list|show|reinject|purge``: look at and clean up the dead letter queue.
 
+The dead-letter model is :mod:`postprocessing.ops.deadletters`; this module parses the
+arguments and prints.
+
 Messages are read with client acknowledgement and left un-acked unless reinjected or
 purged, so the broker keeps everything else: closing the connection hands them back.
 """
 
 import argparse
-import base64
-import collections
 import datetime
 import json
-import os
 import sys
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
-from postprocessing import messages
 from postprocessing.cli.broker import BrokerSession
 from postprocessing.cli.progress import confirm, table
 from postprocessing.cli.requeue import parse_runs
 from postprocessing.config import Config, queue_destination
-from postprocessing.errors import InvalidMessage, PostProcessingError, TransportError, UsageError
-from postprocessing.transport import Delivery
-
-REINJECTED_HEADER = "dlq-reinjected"
-#: Headers the broker sets; everything else a reinjected message keeps.
-_BROKER_HEADERS = frozenset({
-    "message-id", "destination", "subscription", "ack", "timestamp", "expires", "redelivered",
-    "content-length", "original-destination", "originalExpiration", "persistent", "priority",
-    "_AMQ_ORIG_ADDRESS", "_AMQ_ORIG_QUEUE", "_AMQ_ORIG_MESSAGE_ID", "_AMQ_ORIG_ROUTING_TYPE",
-    "_AMQ_ROUTING_TYPE", "dlqDeliveryFailureCause", "_AMQ_DLA_REASON", "destination-type", "receipt",
-    "JMSXUserID", "_AMQ_VALIDATED_USER",
-})
-#: The dead letter queue each broker kind has without configuration.
-_BROKER_DLQ = {"activemq": "ActiveMQ.DLQ", "artemis": "DLQ"}
+from postprocessing.errors import PostProcessingError, TransportError, UsageError
+from postprocessing.ops.deadletters import DeadLetter, Selection, dead_letter_queue, read, reinjection, save, summarise
 
 
 def add_parser(sub: Any) -> None:
@@ -78,86 +65,15 @@ def add_parser(sub: Any) -> None:
     purge.add_argument("--dry-run", action="store_true", help="list what would be purged")
 
 
-# -- reading dead letters ----------------------------------------------------------------
-class DeadLetter:
-    """A message read from the DLQ, with what we can tell about its run."""
-
-    def __init__(self, delivery: Delivery) -> None:
-        self.delivery = delivery
-        self.headers: Mapping[str, str] = delivery.headers
-        try:
-            self.fields: Dict[str, Any] = messages.decode_body(delivery.body, len(delivery.body) + 1)
-        except InvalidMessage:
-            self.fields = {}
-
-    @property
-    def message_id(self) -> str:
-        return self.delivery.message_id
-
-    @property
-    def original_destination(self) -> Optional[str]:
-        value = self.headers.get("original-destination")
-        if value:
-            return value
-        address = self.headers.get("_AMQ_ORIG_ADDRESS")
-        return queue_destination(address) if address else None
-
-    @property
-    def instrument(self) -> Optional[str]:
-        value = self.fields.get("instrument")
-        return str(value).upper() if isinstance(value, str) else None
-
-    @property
-    def run(self) -> Optional[str]:
-        value = self.fields.get("run_number")
-        try:
-            return str(int(str(value).strip())) if value is not None else None
-        except ValueError:
-            return None
-
-    def record(self) -> Dict[str, Any]:
-        """Everything about the message, as JSON-ready data."""
-        try:
-            body: Dict[str, Any] = {"body": self.delivery.body.decode("utf-8")}
-        except UnicodeDecodeError:
-            body = {"body_base64": base64.b64encode(self.delivery.body).decode("ascii")}
-        out = {"message_id": self.message_id, "original_destination": self.original_destination,
-               "headers": dict(self.headers)}
-        out.update(body)
-        return out
-
-
-def read(session: BrokerSession, dlq: str, limit: int, wait: float) -> List[DeadLetter]:
-    session.subscribe(dlq, client_ack=True, prefetch=limit)
-    return [DeadLetter(d) for d in session.drain(first_wait=max(wait, 2.0), idle=wait, limit=limit)]
-
-
 def select(letters: Sequence[DeadLetter], args: argparse.Namespace, required: bool) -> List[DeadLetter]:
-    chosen = list(letters)
-    given = bool(args.id or args.destination or args.instrument or args.runs)
-    if required and not given and not args.all:
+    selection = Selection(frozenset(args.id), args.destination, args.instrument,
+                          frozenset(parse_runs(args.runs)) if args.runs else frozenset())
+    if required and not selection.given and not args.all:
         raise UsageError("select messages with --id, --destination, --instrument, --runs, or --all")
-    if args.id:
-        ids = set(args.id)
-        chosen = [m for m in chosen if m.message_id in ids]
-    if args.destination:
-        wanted = queue_destination(args.destination)
-        chosen = [m for m in chosen if m.original_destination == wanted]
-    if args.instrument:
-        chosen = [m for m in chosen if m.instrument == args.instrument.upper()]
-    if args.runs:
-        runs = set(parse_runs(args.runs))
-        chosen = [m for m in chosen if m.run in runs]
-    return chosen
+    return selection.pick(letters)
 
 
 # -- actions ---------------------------------------------------------------------------
-def summarise(letters: Sequence[DeadLetter]) -> List[Tuple[str, str, str, int]]:
-    counts: collections.Counter[Tuple[str, str, str]] = collections.Counter(
-        (m.original_destination or "-", m.instrument or "-", m.run or "-") for m in letters)
-    return [(d, i, r, n) for (d, i, r), n in sorted(counts.items())]
-
-
 def do_list(args: argparse.Namespace, dlq: str, letters: Sequence[DeadLetter]) -> int:
     rows = summarise(letters)
     if args.json:
@@ -205,11 +121,7 @@ def do_reinject(args: argparse.Namespace, session: BrokerSession, letters: Seque
             print("would reinject %s (%s %s) -> %s" % (m.message_id, m.instrument or "-", m.run or "-", target))
         print("dlq reinject (dry run): %d of %d selected messages" % (len(plan), len(letters)))
         return 0 if plan else 1
-    outgoing = []
-    for m, target in plan:
-        headers = {k: v for k, v in m.headers.items() if k not in _BROKER_HEADERS}
-        headers[REINJECTED_HEADER] = when
-        outgoing.append((target, m.delivery.body, headers))
+    outgoing = [reinjection(m, target, when) for m, target in plan]
 
     def confirmed(index: int) -> None:
         session.ack(plan[index][0].delivery)
@@ -236,11 +148,7 @@ def do_purge(args: argparse.Namespace, session: BrokerSession, dlq: str, letters
         return 1
     path = args.output or "dlq-purged-%s.jsonl" % datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
-        with open(path, "x", encoding="utf-8") as out:
-            for m in letters:
-                out.write(json.dumps(m.record()) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+        save(path, letters)
     except FileExistsError:
         raise UsageError("--output %s exists; give a new file" % path) from None
     except OSError as err:
@@ -258,8 +166,8 @@ def command(args: argparse.Namespace, cfg: Config, notes: "list[str]") -> int:
         raise UsageError("--wait must be greater than 0")
     try:
         with BrokerSession(cfg) as session:
-            dlq = queue_destination(args.dlq or cfg.dead_letter_queue or _BROKER_DLQ.get(session.broker_kind, ""))
-            if dlq == "/queue/":
+            dlq = dead_letter_queue(cfg, args.dlq, session.broker_kind)
+            if dlq is None:
                 raise UsageError("%s has no dead letter queue of its own; give --dlq or dead_letter_queue"
                                  % session.broker_kind)
             letters = read(session, dlq, args.limit, args.wait)

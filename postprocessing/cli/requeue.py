@@ -1,29 +1,26 @@
 """``postprocessing requeue``: resubmit runs by hand, given explicitly or found in the workflow database."""
 
 import argparse
-import dataclasses
 import datetime
 import getpass
 import logging
-import os
 import re
 import sys
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
-from postprocessing import layout, messages
+from postprocessing import messages
 from postprocessing.cli.broker import BrokerSession
 from postprocessing.cli.progress import ProgressBar, confirm
 from postprocessing.config import Config, queue_destination
-from postprocessing.errors import InvalidMessage, PostProcessingError, TransportError, UsageError
+from postprocessing.errors import TransportError, UsageError
+from postprocessing.ops import workflowdb
+from postprocessing.ops.runs import Candidate, data_file_runs, explicit_runs, unique
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_QUEUE = "REDUCTION.DATA_READY"
 KNOWN_QUEUES = ("REDUCTION.DATA_READY", "CATALOG.ONCAT.DATA_READY", "REDUCTION_CATALOG.DATA_READY",
                 "POSTPROCESS.DATA_READY")
-#: Statuses of a workflow step whose queue names do not start with the step: the SNS
-#: agent answers a failed reduced catalogue on CATALOG.ERROR.
-STEP_ALSO = {"REDUCTION_CATALOG": ("CATALOG.ERROR",)}
 CONFIRM_ABOVE = 50
 MAX_RUNS = 100000
 _QUEUE_NAME = re.compile(r"(/queue/)?[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -36,27 +33,6 @@ EXAMPLES = """examples:
 exit status: 0 every run was sent (or would be, with --dry-run); 1 some runs were not sent
 (missing data file, no confirmation, broker or database failure); 2 bad arguments or configuration.
 """
-
-
-@dataclasses.dataclass(frozen=True)
-class Candidate:
-    """A run to resubmit; ``data_file`` is None when no data file was found."""
-
-    facility: str
-    instrument: str
-    ipts: str
-    run_number: str
-    data_file: Optional[str]
-    looked_at: Tuple[str, ...] = ()
-    note: str = ""
-
-    @property
-    def label(self) -> str:
-        return "%s %s (%s)" % (self.instrument, self.run_number, self.ipts)
-
-    def body(self, information: str) -> Dict[str, Any]:
-        return {"facility": self.facility, "instrument": self.instrument, "ipts": self.ipts,
-                "run_number": self.run_number, "data_file": self.data_file, "information": information}
 
 
 def add_parser(sub: Any) -> None:
@@ -122,10 +98,7 @@ def parse_time(option: str, text: Optional[str]) -> Optional[datetime.datetime]:
 
 
 def plain(value: str, label: str) -> str:
-    try:
-        return messages.plain_name({"value": value}, "value", label)
-    except InvalidMessage as err:
-        raise UsageError(str(err)) from None
+    return workflowdb.plain(value, label)
 
 
 def queue_name(text: str) -> str:
@@ -150,136 +123,6 @@ def check_combination(args: argparse.Namespace) -> None:
         raise UsageError("--instrument and --ipts go with --runs; a --data-file path names its own")
 
 
-# -- finding runs ---------------------------------------------------------------------
-def explicit_runs(cfg: Config, facility: str, instrument: str, ipts: str, runs: Sequence[str]) -> List[Candidate]:
-    out = []
-    for run in runs:
-        tried = layout.run_data_files(cfg, facility, instrument, ipts, run)
-        found = layout.find_run_data_file(cfg, facility, instrument, ipts, run)
-        out.append(Candidate(facility, instrument, ipts, run, found, tuple(tried)))
-    return out
-
-
-def data_file_runs(cfg: Config, paths: Sequence[str]) -> List[Candidate]:
-    out = []
-    for path in paths:
-        full = os.path.abspath(path)
-        parsed = layout.parse_run_data_file(cfg, full)
-        if parsed is None:
-            raise UsageError(
-                "--data-file %s: not a run file under data_root %s (expected <FAC>/<INST>/<IPTS>/nexus/"
-                "<INST>_<run>.nxs.h5 or <FAC>/<INST>/<IPTS>/0/<run>/NeXus/<INST>_<run>_event.nxs)"
-                % (path, cfg.data_root))
-        facility, instrument, ipts, run = parsed
-        out.append(Candidate(facility, instrument, ipts, run, full if os.path.isfile(full) else None, (full,)))
-    return out
-
-
-def step_of(queue: str) -> str:
-    """The workflow step a DATA_READY queue starts: REDUCTION_CATALOG.DATA_READY -> REDUCTION_CATALOG."""
-    if not queue.endswith(".DATA_READY"):
-        raise UsageError("--status error needs a *.DATA_READY queue to know the workflow step, not %s" % queue)
-    return queue[:-len(".DATA_READY")]
-
-
-def db_query(args: argparse.Namespace, queue: str) -> Tuple[str, Dict[str, Any]]:
-    """The SQL that selects the runs, and its parameters."""
-    status = args.status or "error"
-    params: Dict[str, Any] = {}
-    joins = ""
-    where = []
-    columns = "''"
-    if status == "error":
-        step = step_of(queue)
-        prefix = step + "."
-        params["prefix"] = prefix
-        params["prefix_len"] = len(prefix)
-        params["also"] = list(STEP_ALSO.get(step, ())) or [""]
-        joins = """
-        JOIN (SELECT DISTINCT ON (s.run_id_id) s.run_id_id, s.id, q.name
-              FROM report_runstatus s JOIN report_statusqueue q ON q.id = s.queue_id_id
-              WHERE substr(q.name, 1, %(prefix_len)s) = %(prefix)s OR q.name = ANY(%(also)s)
-              ORDER BY s.run_id_id, s.created_on DESC, s.id DESC) latest ON latest.run_id_id = r.id"""
-        where.append("right(latest.name, 6) = '.ERROR'")
-        columns = """COALESCE((SELECT e.description FROM report_error e
-                               WHERE e.run_status_id_id = latest.id ORDER BY e.id DESC LIMIT 1), latest.name)"""
-    elif status == "incomplete":
-        joins = " JOIN report_workflowsummary w ON w.run_id_id = r.id"
-        where.append("w.complete = false")
-    if args.instrument:
-        params["instrument"] = args.instrument
-        where.append("upper(i.name) = upper(%(instrument)s)")
-    if args.ipts:
-        params["ipts"] = args.ipts
-        where.append("upper(p.expt_name) = upper(%(ipts)s)")
-    since = parse_time("--since", args.since)
-    until = parse_time("--until", args.until)
-    if since is not None:
-        params["since"] = since
-        where.append("r.created_on >= %(since)s")
-    if until is not None:
-        params["until"] = until
-        where.append("r.created_on < %(until)s")
-    sql = """SELECT i.name, p.expt_name, r.run_number, r.file, %s
-             FROM report_datarun r
-             JOIN report_instrument i ON i.id = r.instrument_id_id
-             JOIN report_ipts p ON p.id = r.ipts_id_id%s
-             %s
-             ORDER BY i.name, r.run_number, r.id""" % (
-        columns, joins, ("WHERE " + " AND ".join(where)) if where else "")
-    return sql, params
-
-
-def database_runs(cfg: Config, args: argparse.Namespace, facility: str, queue: str) -> List[Candidate]:
-    try:
-        import psycopg2
-    except ImportError:
-        raise UsageError("--from-db needs psycopg2, a dependency of postprocessing that is missing here: "
-                         "reinstall the package (pip install postprocessing, or the RPM)") from None
-    sql, params = db_query(args, queue)
-    try:
-        conn = psycopg2.connect(args.from_db)
-    except psycopg2.Error as err:
-        raise PostProcessingError("cannot connect to the workflow database: %s" % _first_line(err)) from None
-    try:
-        conn.set_session(readonly=True)
-        with conn.cursor() as cursor:
-            cursor.execute(sql, params)
-            rows = cursor.fetchall()
-    except psycopg2.Error as err:
-        raise PostProcessingError("workflow database query failed: %s" % _first_line(err)) from None
-    finally:
-        conn.close()
-    out = []
-    for name, expt, run_number, path, note in rows:
-        try:
-            instrument = plain(str(name), "Instrument")
-            ipts = plain(str(expt), "IPTS")
-        except UsageError as err:
-            logger.warning("skipping run %s from the database: %s", run_number, err)
-            continue
-        run = str(int(run_number))
-        tried = [path] if path else []
-        found = path if path and os.path.isfile(path) else None
-        if found is None:
-            tried += layout.run_data_files(cfg, facility, instrument, ipts, run)
-            found = layout.find_run_data_file(cfg, facility, instrument, ipts, run)
-        out.append(Candidate(facility, instrument, ipts, run, found, tuple(tried), str(note or "")))
-    return out
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def unique(candidates: Iterable[Candidate]) -> List[Candidate]:
-    seen: Dict[Tuple[str, str, str], Candidate] = {}
-    for c in candidates:
-        seen.setdefault((c.facility, c.instrument, c.run_number), c)
-    return list(seen.values())
-
-
 # -- the command ------------------------------------------------------------------------
 def command(args: argparse.Namespace, cfg: Config, notes: "list[str]") -> int:
     check_combination(args)
@@ -287,7 +130,9 @@ def command(args: argparse.Namespace, cfg: Config, notes: "list[str]") -> int:
     destination = queue_destination(queue)
     facility = plain(args.facility or cfg.facility, "Facility")
     if args.from_db:
-        candidates = database_runs(cfg, args, facility, queue)
+        runs = workflowdb.RunFilter(args.status or "error", args.instrument, args.ipts,
+                                    parse_time("--since", args.since), parse_time("--until", args.until))
+        candidates = workflowdb.database_runs(cfg, args.from_db, runs, facility, queue)
     else:
         candidates = []
         if args.runs:

@@ -6,6 +6,7 @@ on a free port, the scheduler on (for delayed re-sends), persistence in KahaDB (
 restart keeps messages) and one authenticated user.
 """
 
+import glob
 import os
 import shutil
 from typing import List, Optional
@@ -13,12 +14,14 @@ from typing import List, Optional
 from postprocessing.devtools.brokerproc import BrokerProcess
 
 ACTIVEMQ_HOME = "/usr/share/activemq"
+#: Where scripts/install-deps.sh puts the Jolokia JVM agent (Debian's ActiveMQ has no web console).
+JOLOKIA_ROOT = os.environ.get("PP_JOLOKIA_ROOT", "/opt/jolokia")
 
 _XML = """<beans xmlns="http://www.springframework.org/schema/beans"
   xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
   xsi:schemaLocation="http://www.springframework.org/schema/beans http://www.springframework.org/schema/beans/spring-beans.xsd
   http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
-  <broker xmlns="http://activemq.apache.org/schema/core" useJmx="false" brokerName="{name}"
+  <broker xmlns="http://activemq.apache.org/schema/core" useJmx="{jmx}" brokerName="{name}"
           dataDirectory="{data}" schedulerSupport="true" persistent="true"
           populateJMSXUserID="true" useAuthenticatedPrincipalForJMSXUserID="true">
     <destinationPolicy><policyMap><policyEntries>
@@ -26,6 +29,7 @@ _XML = """<beans xmlns="http://www.springframework.org/schema/beans"
       <policyEntry queue="*.DLQ" producerFlowControl="false" maxPageSize="20000"/>
       <policyEntry topic=">" producerFlowControl="false"/>
     </policyEntries></policyMap></destinationPolicy>
+    <managementContext><managementContext createConnector="false"/></managementContext>
     <persistenceAdapter><kahaDB directory="{data}/kahadb"/></persistenceAdapter>
     <plugins>
       <simpleAuthenticationPlugin anonymousAccessAllowed="false">
@@ -45,6 +49,12 @@ _XML = """<beans xmlns="http://www.springframework.org/schema/beans"
 """
 
 
+def jolokia_agent() -> Optional[str]:
+    """The Jolokia JVM agent jar under JOLOKIA_ROOT, or None."""
+    found = sorted(glob.glob(os.path.join(JOLOKIA_ROOT, "jolokia-agent-jvm-*-javaagent.jar")))
+    return found[-1] if found else None
+
+
 def available() -> bool:
     """Whether Java and Debian's ActiveMQ jar are installed."""
     return shutil.which("java") is not None and os.path.exists(
@@ -54,18 +64,29 @@ def available() -> bool:
 class LocalActiveMQ(BrokerProcess):
     """One broker process; ``start``/``kill``/``stop`` keep the data directory between runs.
 
-    Its STOMP connector listens on ``host`` (default 127.0.0.1) only.
+    Its STOMP connector listens on ``host`` (default 127.0.0.1) only.  With ``jolokia_port`` the
+    broker's JMX beans are served by the Jolokia JVM agent at ``http://host:jolokia_port/jolokia``
+    (the same API as the web console's ``/api/jolokia``), for the broker's user.
     """
 
     kind = "activemq"
     title = "ActiveMQ"
 
     def __init__(self, workdir: str, port: Optional[int] = None, user: str = "icat",
-                 password: str = "icat", name: str = "localhost", host: str = "127.0.0.1") -> None:
+                 password: str = "icat", name: str = "localhost", host: str = "127.0.0.1",
+                 jolokia_port: Optional[int] = None) -> None:
         super().__init__(workdir, port, host)
         self.user = user
         self.password = password
         self.name = name
+        self.jolokia_port = jolokia_port
+
+    @property
+    def management_url(self) -> str:
+        """The Jolokia endpoint, when the broker has one."""
+        if self.jolokia_port is None:
+            return ""
+        return "http://%s:%d/jolokia" % (self.host, self.jolokia_port)
 
     def _write_conf(self) -> str:
         conf = os.path.join(self.workdir, "conf")
@@ -73,7 +94,8 @@ class LocalActiveMQ(BrokerProcess):
         os.makedirs(os.path.join(self.workdir, "data"), exist_ok=True)
         path = os.path.join(conf, "activemq.xml")
         with open(path, "w", encoding="utf-8") as handle:
-            handle.write(_XML.format(name=self.name, data=os.path.join(self.workdir, "data"),
+            handle.write(_XML.format(name=self.name, jmx="true" if self.jolokia_port else "false",
+                                     data=os.path.join(self.workdir, "data"),
                                      host=self.host, port=self.port, user=self.user, password=self.password))
         with open(os.path.join(conf, "log4j2.properties"), "w", encoding="utf-8") as handle:
             handle.write("rootLogger.level = WARN\nrootLogger.appenderRef.console.ref = console\n"
@@ -85,8 +107,15 @@ class LocalActiveMQ(BrokerProcess):
     def command(self) -> List[str]:
         xml = self._write_conf()
         conf = os.path.dirname(xml)
+        agent = []
+        if self.jolokia_port is not None:
+            jar = jolokia_agent()
+            if jar is None:
+                raise RuntimeError("no Jolokia JVM agent under %s; run scripts/install-deps.sh" % JOLOKIA_ROOT)
+            agent = ["-javaagent:%s=host=%s,port=%d,user=%s,password=%s,discoveryEnabled=false" % (
+                jar, self.host, self.jolokia_port, self.user, self.password)]
         return [
-            "java", "-Xmx256m", "-Xss512k", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            "java", "-Xmx256m", "-Xss512k", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", *agent,
             "-Dactivemq.home=%s" % ACTIVEMQ_HOME, "-Dactivemq.base=%s" % self.workdir,
             "-Dactivemq.conf=%s" % conf, "-Dactivemq.data=%s" % os.path.join(self.workdir, "data"),
             "-Dlog4j2.configurationFile=%s" % os.path.join(conf, "log4j2.properties"),

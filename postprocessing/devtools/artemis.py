@@ -46,7 +46,7 @@ class LocalArtemis(BrokerProcess):
     def __init__(self, workdir: str, port: Optional[int] = None, user: str = "icat", password: str = "icat",
                  name: str = "autoreduce", host: str = "127.0.0.1", role: str = "primary",
                  store: Optional[str] = None, max_delivery_attempts: int = 10,
-                 address_settings: str = "", journal_sync: bool = False) -> None:
+                 address_settings: str = "", journal_sync: bool = False, web_port: Optional[int] = None) -> None:
         super().__init__(workdir, port, host)
         self.core_port = free_port(host)
         self.user = user
@@ -61,6 +61,15 @@ class LocalArtemis(BrokerProcess):
         #: for speed, since a test broker's data need not survive a power cut.
         self.journal_sync = journal_sync
         self.instance = os.path.join(self.workdir, "instance")
+        #: The embedded web server (console and Jolokia) on this port; none without it.
+        self.web_port = web_port
+
+    @property
+    def management_url(self) -> str:
+        """The console's Jolokia endpoint, when the broker has a web server."""
+        if self.web_port is None:
+            return ""
+        return "http://%s:%d/console/jolokia" % (self.host, self.web_port)
 
     def prepare(self) -> None:
         """``artemis create`` the instance, once, with the SNS broker.xml and the users."""
@@ -69,10 +78,11 @@ class LocalArtemis(BrokerProcess):
         distribution = home()
         if distribution is None:
             raise RuntimeError("no Artemis distribution under %s; run scripts/install-deps.sh" % ARTEMIS_ROOT)
+        web = ["--no-web"] if self.web_port is None else ["--http-host", self.host, "--http-port", str(self.web_port)]
         with open(self.log_path, "ab") as log:
             created = subprocess.run(
                 [os.path.join(distribution, "bin", "artemis"), "create", self.instance, "--silent", "--force",
-                 "--user", self.user, "--password", self.password, "--require-login", "--no-web", "--nio",
+                 "--user", self.user, "--password", self.password, "--require-login", *web, "--nio",
                  "--no-amqp-acceptor", "--no-mqtt-acceptor", "--no-hornetq-acceptor"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if created.returncode != 0:
@@ -99,6 +109,12 @@ class LocalArtemis(BrokerProcess):
         java_args = ["-Xms64m", "-Xmx384m", "-Xss512k", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                      "-Dlog4j2.disableJmx=true", "--add-opens", "java.base/jdk.internal.misc=ALL-UNNAMED"]
         java_args += ["-D%s=%s" % item for item in sorted(props.items())]
+        if self.web_port is not None:
+            # What artemis.profile would set for the console, which JAVA_ARGS here replaces.
+            policy = "file://" + os.path.join(self.instance, "etc", "jolokia-access.xml")
+            java_args += ["-Dhawtio.disableProxy=true", "-Dhawtio.realm=activemq", "-Dhawtio.offline=true",
+                          "-Dhawtio.rolePrincipalClasses=org.apache.activemq.artemis.spi.core.security.jaas."
+                          "RolePrincipal", "-Djolokia.policyLocation=%s" % policy]
         return dict(os.environ, JAVA_ARGS=" ".join(java_args))
 
     def command(self) -> List[str]:

@@ -25,13 +25,22 @@ class LocalRabbitMQ(BrokerProcess):
     title = "RabbitMQ"
 
     def __init__(self, workdir: str, port: Optional[int] = None, user: str = "guest", password: str = "guest",
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", management_port: Optional[int] = None) -> None:
         super().__init__(workdir, port, host)
+        #: The management plugin's HTTP API on this port; the plugin is off without it.
+        self.management_port = management_port
         self.amqp_port = free_port()
         self.dist_port = free_port()
         self.user = user
         self.password = password
         self.node = "pp%d@localhost" % self.port
+
+    @property
+    def management_url(self) -> str:
+        """The management HTTP API, when the node runs the management plugin."""
+        if self.management_port is None:
+            return ""
+        return "http://%s:%d/api" % (self.host, self.management_port)
 
     def environment(self) -> Dict[str, str]:
         conf = os.path.join(self.workdir, "rabbitmq.conf")
@@ -41,9 +50,12 @@ class LocalRabbitMQ(BrokerProcess):
             handle.write("stomp.tcp_listen_options.nodelay = true\n")
             handle.write("loopback_users = none\n")
             handle.write("default_user = %s\ndefault_pass = %s\n" % (self.user, self.password))
+            if self.management_port is not None:
+                handle.write("management.tcp.ip = %s\nmanagement.tcp.port = %d\n" % (self.host, self.management_port))
         plugins = os.path.join(self.workdir, "enabled_plugins")
         with open(plugins, "w", encoding="utf-8") as handle:
-            handle.write("[rabbitmq_stomp].\n")
+            handle.write("[rabbitmq_stomp,rabbitmq_management].\n" if self.management_port is not None
+                         else "[rabbitmq_stomp].\n")
         return dict(
             os.environ, RABBITMQ_NODENAME=self.node, RABBITMQ_NODE_PORT=str(self.amqp_port),
             RABBITMQ_DIST_PORT=str(self.dist_port), RABBITMQ_CONFIG_FILE=conf[:-len(".conf")],
