@@ -12,8 +12,10 @@ import time
 import pytest
 
 from postprocessing import __version__
+from postprocessing.devtools.brokerproc import free_port
 from tests.support.agentproc import ROOT
 from tests.support.cli import assert_no_traceback, run_cli
+from tests.test_metrics import scrape, wait_metric
 
 pytestmark = pytest.mark.broker
 
@@ -312,3 +314,22 @@ def test_logs_prints_and_follows_a_runs_reduction_log(make_agent, facility, clie
     proc = run_cli(first.config_path, "logs", "--instrument", "CNCS", "--run", "99")
     assert proc.returncode == 1 and "no data file of CNCS run 99" in proc.stderr
     assert_no_traceback(proc)
+
+
+def test_drain_and_pause_show_in_the_agents_metrics(make_agent, client):
+    """The Prometheus gauges follow the control commands (docs/operations.md, alert "paused over a day")."""
+    port = free_port()
+    first = make_agent("first", control_users=[client.user], job_nice=19, metrics_port=port,
+                       metrics_address="127.0.0.1").start()
+    wait_metric(port, ("postprocessing_draining", ()), 0)
+    assert scrape(port).get(("postprocessing_paused", (("instrument", "CNCS"),))) is None
+    control(first, "drain", "--all")
+    wait_metric(port, ("postprocessing_draining", ()), 1)
+    control(first, "pause", "--instrument", "CNCS")
+    wait_metric(port, ("postprocessing_paused", (("instrument", "CNCS"),)), 1)
+    since = scrape(port)[("postprocessing_paused_since_timestamp_seconds", (("instrument", "CNCS"),))]
+    assert abs(since - time.time()) < 60
+    control(first, "resume", "--all")
+    control(first, "unpause", "--instrument", "CNCS")
+    wait_metric(port, ("postprocessing_draining", ()), 0)
+    assert scrape(port).get(("postprocessing_paused", (("instrument", "CNCS"),))) is None

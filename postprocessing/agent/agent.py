@@ -100,6 +100,7 @@ class Agent:
         """Run until stopped; returns the process exit status."""
         logger.info("agent starting on %s (pid %d), queues: %s", self.hostname, self.pid,
                     ", ".join(self.processors))
+        self.observer.control_state(self.holding.draining, self.holding.paused)
         while not self.run_once():
             pass
         if self.connected:
@@ -530,6 +531,7 @@ class Agent:
 
     def _on_control(self, d: Delivery) -> None:
         effect = self.control.on_command(d, self.runs)
+        self.observer.control_state(self.holding.draining, self.holding.paused)
         if effect.stop is not None:
             self._on_stop(Stop(effect.stop))
         if effect.refit:
