@@ -471,3 +471,25 @@ def test_a_cancel_meeting_a_waiting_copy_of_a_run_another_agent_runs_answers_onc
     errors = bodies(first_broker, error) + bodies(broker, error)
     assert len(errors) == 1 and errors[0]["error"].startswith("cancelled by"), errors
     assert proc.ran == ["x"] and first_proc.ran == []
+
+
+def test_a_full_agent_on_rabbitmq_gives_back_a_run_that_waits_for_it(monkeypatch):
+    """Promise 7 (fault harness, RabbitMQ seed 785336): on RabbitMQ a full agent keeps its idle
+    subscriptions, so a run can reach it and wait for one of its slots while another agent has
+    a free one.  It must be given back soon (seconds), not after ``max_wait_hold_sec``."""
+    monkeypatch.setattr("postprocessing.agent.holding.FULL_HOLD_SEC", 0.3)
+    agent, transport, proc = make(max_procs=2, jobs_per_instrument=1, max_wait_hold_sec=60)
+    transport.returns_on_unsubscribe = False
+    agent.run_once(0)
+    transport.publish(QUEUE, body(n="a1", inst="A"))
+    spin(agent, lambda: len(bodies(transport, "/queue/STARTED")) == 1)
+    transport.publish(QUEUE, body(n="a2", inst="A"))
+    spin(agent, lambda: agent.runs.in_state(RunState.WAITING))
+    transport.publish(QUEUE, body(n="b1", inst="B"))
+    spin(agent, lambda: len(bodies(transport, "/queue/STARTED")) == 2)
+    started = time.monotonic()
+    spin(agent, lambda: transport.released, timeout=5)
+    assert time.monotonic() - started < 3, "the full agent kept the waiting run"
+    proc.gate.set()
+    spin(agent, lambda: len(transport.acked) == 3)
+    assert sorted(proc.ran) == ["a1", "a2", "b1"]

@@ -122,7 +122,7 @@ class Agent:
             self._failback()
         if self.holding.next_admission is not None and now >= self.holding.next_admission:
             self._admit()
-        hold = self.holding.deadline(self.runs)
+        hold = self.holding.deadline(self.runs, self._full_hold())
         if hold is not None and now >= hold:
             self._release_held(now)
         if self._rejoin_until is not None and now >= self._rejoin_until:
@@ -149,7 +149,8 @@ class Agent:
     def _wait_time(self) -> float:
         now = time.monotonic()
         deadlines = [self._next_heartbeat if self.connected else self.link.next_connect]
-        for deadline in (self.holding.next_admission, self.holding.deadline(self.runs), self._failback_due(),
+        for deadline in (self.holding.next_admission, self.holding.deadline(self.runs, self._full_hold()),
+                         self._failback_due(),
                          self._stop_deadline, self.outbox.next_retry() if self.connected else None,
                          self.leases.due, self._rejoin_until):
             if deadline is not None:
@@ -399,9 +400,13 @@ class Agent:
         self.runs.pop(run.key)
         self.journal.forget(run.row)
 
+    def _full_hold(self) -> bool:
+        """Whether waiting runs are held by a full agent whose subscriptions stay (RabbitMQ)."""
+        return not self.transport.returns_on_unsubscribe and self.slots.running >= self.config.max_procs
+
     def _release_held(self, now: float) -> None:
         """Runs that waited too long for a slot go back to the broker, for an idle agent."""
-        for run in self.holding.overdue(self.runs, now):
+        for run in self.holding.overdue(self.runs, now, self._full_hold()):
             self._let_go(run, "waited %.0f s for a slot" % (now - run.waiting_since))
         self._reconcile()
 

@@ -3,7 +3,8 @@
 Runs wait here only for a per-instrument slot, and at most ``max_procs`` of them.  When
 every slot is busy, the node is overloaded or the agent is stopping, waiting runs go back
 to the broker, where an idle agent can take them.  (On RabbitMQ they stay until they
-have waited ``max_wait_hold_sec`` or the agent stops: see subscriptions.py.)
+have waited ``max_wait_hold_sec``, or ``FULL_HOLD_SEC`` while every slot is busy, or the
+agent stops: see subscriptions.py.)
 
 An operator may drain the agent (it starts nothing more and gives back what waits, but
 stays connected) or pause instruments (their runs are held un-acked, in state PAUSED,
@@ -21,6 +22,11 @@ from postprocessing.config import Config
 from postprocessing.jobs.limits import Admission
 
 logger = logging.getLogger(__name__)
+
+#: On RabbitMQ a full agent keeps its subscriptions (subscriptions.py), so a run can reach it and
+#: wait for one of its slots while another agent has a free one: it is given back after this long
+#: (not at once, which would make it bounce between full agents).
+FULL_HOLD_SEC = 2.0
 
 
 class Holding:
@@ -56,14 +62,18 @@ class Holding:
             self.next_admission = time.monotonic() + self.config.admission_check_interval_sec
         return True
 
-    def deadline(self, runs: RunTable) -> Optional[float]:
-        """When the longest-waiting run has waited ``max_wait_hold_sec``."""
-        waiting = [r.waiting_since for r in runs.in_state(RunState.WAITING)]
-        return min(waiting) + self.config.max_wait_hold_sec if waiting else None
+    def hold_limit(self, full: bool) -> float:
+        """How long a run may wait here: ``max_wait_hold_sec``, or ``FULL_HOLD_SEC`` when ``full``
+        (every slot busy on a broker that keeps a full agent's subscriptions, RabbitMQ)."""
+        return min(FULL_HOLD_SEC, self.config.max_wait_hold_sec) if full else self.config.max_wait_hold_sec
 
-    def overdue(self, runs: RunTable, now: float) -> List[Run]:
-        return [r for r in runs.in_state(RunState.WAITING)
-                if now - r.waiting_since >= self.config.max_wait_hold_sec]
+    def deadline(self, runs: RunTable, full: bool = False) -> Optional[float]:
+        """When the longest-waiting run has waited its limit."""
+        waiting = [r.waiting_since for r in runs.in_state(RunState.WAITING)]
+        return min(waiting) + self.hold_limit(full) if waiting else None
+
+    def overdue(self, runs: RunTable, now: float, full: bool = False) -> List[Run]:
+        return [r for r in runs.in_state(RunState.WAITING) if now - r.waiting_since >= self.hold_limit(full)]
 
     def fit(self, runs: RunTable, running: int, stopping: bool, returns_on_unsubscribe: bool,
             rejoin_epoch: Optional[int]) -> Tuple[List[Run], int]:

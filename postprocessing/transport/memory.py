@@ -23,6 +23,8 @@ class MemoryTransport:
         self.queues: Dict[str, Deque[_Message]] = collections.defaultdict(collections.deque)
         self.sent: List[Tuple[str, bytes, Dict[str, str]]] = []
         self.acked: List[str] = []
+        #: Deliveries given back by NACK (RabbitMQ-like, see :meth:`release`).
+        self.released: List[str] = []
         self.subscriptions: Dict[str, Tuple[str, int, bool]] = {}
         self._held: Dict[str, Dict[str, _Message]] = collections.defaultdict(dict)
         self.epoch = 0
@@ -114,7 +116,18 @@ class MemoryTransport:
         self._pump(self.subscriptions[delivery.subscription][0])
 
     def release(self, delivery: Delivery) -> None:
-        """Nothing to do: dropping the subscription returns what it held, as on ActiveMQ."""
+        """As on ActiveMQ, nothing (dropping the subscription returns what it held); with
+        ``returns_on_unsubscribe`` off, as on RabbitMQ, a NACK that requeues it at the head."""
+        if self.returns_on_unsubscribe:
+            return
+        self._check()
+        message = self._held[delivery.subscription].pop(delivery.message_id, None)
+        if message is None:
+            raise NotConnected("unknown delivery %s" % delivery.message_id)
+        self.released.append(delivery.message_id)
+        destination = self.subscriptions[delivery.subscription][0]
+        self.queues[destination].appendleft((message[0], message[1], dict(message[2], redelivered="true")))
+        self._pump(destination)
 
     def disconnect(self) -> None:
         if self.connected:
