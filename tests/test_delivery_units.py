@@ -493,3 +493,32 @@ def test_a_full_agent_on_rabbitmq_gives_back_a_run_that_waits_for_it(monkeypatch
     proc.gate.set()
     spin(agent, lambda: len(transport.acked) == 3)
     assert sorted(proc.ran) == ["a1", "a2", "b1"]
+
+
+def test_a_redelivered_repeat_that_another_agent_claimed_is_no_lost_ack(tmp_path):
+    """Promise 1 (fault harness, RabbitMQ seed 853267): A's ACK of run 1 was confirmed just before
+    the broker died.  Later the repeat of run 1 is claimed by B, B dies, and its copy comes to A
+    marked redelivered.  The claim B made after A's ACK shows it is not A's forgotten message."""
+    run = body(n="1", inst="CNCS", ipts="IPTS-1", data_file="/SNS/CNCS/IPTS-1/nexus/CNCS_1.nxs.h5")
+    first, broker, first_proc = make(data_root=str(tmp_path), lease_refresh_sec=0.1)
+    broker.forgets_confirmed_acks = True
+    first_proc.gate.set()
+    first.run_once(0)
+    broker.publish(QUEUE, run)
+    spin(first, lambda: broker.acked and not first.runs)
+    settle_down(first)
+    broker.drop_connection("broker SIGKILLed")
+    spin(first, lambda: first.connected)
+    time.sleep(0.05)
+
+    other, other_broker, other_proc = make(data_root=str(tmp_path))
+    other.run_once(0)
+    other_broker.publish(QUEUE, run)
+    spin(other, lambda: bodies(other_broker, "/queue/STARTED"))
+
+    broker.publish(QUEUE, run, {"redelivered": "true"})
+    spin(first, lambda: first.runs.in_state(RunState.HELD), timeout=5)
+    assert len(broker.acked) == 1, "the repeat was taken for the forgotten ACK and acked without running"
+    other_proc.gate.set()
+    spin(first, lambda: other.run_once(0.01) or len(broker.acked) == 2)
+    assert bodies(other_broker, "/queue/DONE") and other_proc.ran == ["1"]

@@ -30,8 +30,9 @@ class AckBook:
     def __init__(self) -> None:
         #: ACK receipt id -> what it settles.
         self._in_flight: Dict[str, Acking] = {}
-        #: Identity -> (connection epoch, when) of ACKs the broker confirmed.
-        self._confirmed: collections.OrderedDict[str, Tuple[int, float]] = collections.OrderedDict()
+        #: Identity -> (connection epoch, when, when by the wall clock, its lease path or "") of ACKs
+        #: the broker confirmed.
+        self._confirmed: collections.OrderedDict[str, Tuple[int, float, float, str]] = collections.OrderedDict()
         #: Connection epoch -> when its drop was noticed (the last one only).
         self._dropped_at: Dict[int, float] = {}
         self._connected_at = 0.0
@@ -51,7 +52,8 @@ class AckBook:
         """An ACK's receipt: what it settled, or None if ``receipt_id`` is not an ACK's."""
         acking = self._in_flight.pop(receipt_id, None)
         if acking is not None:
-            self._confirmed[acking[2]] = (epoch, time.monotonic())
+            lease = acking[1][0] if acking[1] else ""
+            self._confirmed[acking[2]] = (epoch, time.monotonic(), time.time(), lease)
         return acking
 
     def connected(self) -> None:
@@ -66,15 +68,17 @@ class AckBook:
         """A delivery of ``ident`` went back to the broker: it returns redelivered, and is no lost ACK."""
         self._confirmed.pop(ident, None)
 
-    def lost_by_broker(self, ident: str, epoch: int) -> bool:
-        """Whether a redelivered ``ident`` on connection ``epoch`` is the copy of a run acked (receipt
-        and all) on the connection before, within ``LOST_ACK_WINDOW`` of its drop, while this
-        connection is young.  A new request is not marked redelivered; each ACK answers once."""
+    def lost_by_broker(self, ident: str, epoch: int) -> Optional[Tuple[str, float]]:
+        """Whether a redelivered ``ident`` on connection ``epoch`` may be the copy of a run acked
+        (receipt and all) on the connection before, within ``LOST_ACK_WINDOW`` of its drop, while
+        this connection is young: then its lease path ("" if unclaimed) and when the ACK was
+        confirmed (wall clock), for the caller to look for a claim made since.  A new request is
+        not marked redelivered (unless delivered before); each ACK answers once."""
         now = time.monotonic()
         while self._confirmed and now - next(iter(self._confirmed.values()))[1] > LOST_ACK_SEC:
             self._confirmed.popitem(last=False)
         seen = self._confirmed.pop(ident, None)
         if seen is None or seen[0] == epoch or now - self._connected_at > LOST_ACK_SEC:
-            return False
+            return None
         dropped = self._dropped_at.get(seen[0])
-        return dropped is not None and dropped - seen[1] <= LOST_ACK_WINDOW
+        return (seen[3], seen[2]) if dropped is not None and dropped - seen[1] <= LOST_ACK_WINDOW else None

@@ -287,8 +287,7 @@ class Agent:
             return
         if taken is not None:
             logger.info("message %s repeats a run settled elsewhere since: a new request", logsafe.text(d.message_id))
-        elif (d.redelivered and not in_flight and self.transport.forgets_confirmed_acks
-              and self.acks.lost_by_broker(ident, d.epoch)):
+        elif d.redelivered and not in_flight and self._ack_lost_by_broker(ident, d.epoch):
             logger.info("message %s repeats a run acked just before the broker went away, which lost that ack: "
                         "acknowledging", logsafe.text(d.message_id))
             self.observer.duplicate_delivery("lost_ack")
@@ -490,6 +489,14 @@ class Agent:
         self.runs.pop(run.key)
         self._ack(run.delivery, run.identity, run.row, run.done_ref)
         self._reconcile()
+
+    def _ack_lost_by_broker(self, ident: str, epoch: int) -> bool:
+        """Whether this redelivery is a message whose confirmed ACK the broker forgot (acks.py):
+        not if anyone claimed or answered its run since that ACK (then it is a later request)."""
+        if not self.transport.forgets_confirmed_acks:
+            return False
+        lost = self.acks.lost_by_broker(ident, epoch)
+        return lost is not None and not self.leases.touched_since(*lost)
 
     def _ack(self, d: Delivery, ident: str, row: int, done_ref: Optional[Tuple[str, str]] = None) -> None:
         """ACK with a receipt: until it comes, the journal (and the done file) keep the run "maybe not acked"."""

@@ -86,6 +86,15 @@ class Leases:
             self.due = time.monotonic() + self.config.lease_refresh_sec
         return answered, freed
 
+    def touched_since(self, path: str, since: float) -> bool:
+        """Whether run lease ``path`` was claimed, or answered, by anyone after ``since`` (wall clock)."""
+        if not path:
+            return False
+        try:
+            return self.claims.look(path) is not None or (self.claims.answered_at(path) or 0.0) > since
+        except (OSError, UnsafePath):
+            return False
+
     def answered_at(self, run: Run) -> Optional[float]:
         """When this run (any request of it) was last answered by any agent, if known (wall clock)."""
         assert run.work is not None and run.processor is not None
