@@ -11,7 +11,7 @@ import pytest
 
 from postprocessing.agent.observer import Observer
 from postprocessing.agent.runs import RunState
-from tests.support.memagent import QUEUE, bodies, body, make, settle_down, spin
+from tests.support.memagent import QUEUE, bodies, body, make, settle_down, spin, step
 
 IDS = pytest.mark.parametrize("fresh_ids", [False, True], ids=["stable-ids", "fresh-ids"])
 
@@ -366,19 +366,12 @@ def test_a_standing_cancel_goes_to_the_claimant_of_a_run_redelivered_elsewhere(t
     other.run_once(0)
     broker.topic("/topic/POSTPROCESSING.CANCEL", body(cancel=True, instrument="CNCS", run_number="1"))
     broker.publish(QUEUE, run, {"redelivered": "true"})
-    both = [first, other]
-
-    def step() -> bool:
-        for agent in both:
-            agent.run_once(0.01)
-        return True
-
-    spin(first, lambda: step() and any(r.ctx is not None and r.ctx.cancelled_by for r in first.runs))
+    spin(first, lambda: step(first, other) and any(r.ctx is not None and r.ctx.cancelled_by for r in first.runs))
     error = first.config.destination("postprocess_error")
     assert not bodies(broker, error) and not broker.acked, "B answered beside A"
     first_proc.gate.set()
     first_broker.refuse_connect = False
-    spin(first, lambda: step() and bool(bodies(first_broker, error) and broker.acked))
+    spin(first, lambda: step(first, other) and bool(bodies(first_broker, error) and broker.acked))
     settle_down(other)
     errors = bodies(first_broker, error) + bodies(broker, error)
     assert len(errors) == 1 and errors[0]["error"].startswith("cancelled by"), errors
@@ -453,20 +446,13 @@ def test_a_cancel_meeting_a_waiting_copy_of_a_run_another_agent_runs_answers_onc
     broker.publish(QUEUE, run, {"redelivered": "true"})
     spin(other, lambda: other.runs.in_state(RunState.WAITING))
     broker.topic("/topic/POSTPROCESSING.CANCEL", body(cancel=True, instrument="CNCS", run_number="1"))
-    both = [first, other]
-
-    def step() -> bool:
-        for agent in both:
-            agent.run_once(0.01)
-        return True
-
-    spin(first, lambda: step() and any(r.ctx is not None and r.ctx.cancelled_by for r in first.runs))
+    spin(first, lambda: step(first, other) and any(r.ctx is not None and r.ctx.cancelled_by for r in first.runs))
     error = first.config.destination("postprocess_error")
     assert not bodies(broker, error), "B answered beside A"
     first_proc.gate.set()
     proc.gate.set()
     first_broker.refuse_connect = False
-    spin(first, lambda: step() and bool(bodies(first_broker, error)) and len(broker.acked) == 2)
+    spin(first, lambda: step(first, other) and bool(bodies(first_broker, error)) and len(broker.acked) == 2)
     settle_down(other)
     errors = bodies(first_broker, error) + bodies(broker, error)
     assert len(errors) == 1 and errors[0]["error"].startswith("cancelled by"), errors
@@ -520,5 +506,5 @@ def test_a_redelivered_repeat_that_another_agent_claimed_is_no_lost_ack(tmp_path
     spin(first, lambda: first.runs.in_state(RunState.HELD), timeout=5)
     assert len(broker.acked) == 1, "the repeat was taken for the forgotten ACK and acked without running"
     other_proc.gate.set()
-    spin(first, lambda: other.run_once(0.01) or len(broker.acked) == 2)
+    spin(first, lambda: step(other) and len(broker.acked) == 2)
     assert bodies(other_broker, "/queue/DONE") and other_proc.ran == ["1"]

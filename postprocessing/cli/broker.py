@@ -10,10 +10,11 @@ import itertools
 import logging
 import queue
 import time
-from typing import Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from postprocessing import messages
 from postprocessing.config import Config
-from postprocessing.errors import NotConnected, TransportError
+from postprocessing.errors import InvalidMessage, NotConnected, TransportError
 from postprocessing.transport import Delivery, Disconnected, Receipt
 from postprocessing.transport.stomp import StompTransport
 
@@ -33,6 +34,7 @@ class BrokerSession:
             heartbeat_ms=cfg.stomp_heartbeat_ms, connect_timeout=cfg.connect_timeout_sec,
             broker_type=cfg.broker_type, vhost=cfg.stomp_vhost)
         self._receipt_timeout = receipt_timeout
+        self._max_body = cfg.max_body_bytes
         self._ids = itertools.count(1)
         self._deliveries: Deque[Delivery] = collections.deque()
         self._receipts: Dict[str, None] = {}
@@ -137,6 +139,17 @@ class BrokerSession:
                 return None
             self._next_event(left)
         return self._deliveries.popleft()
+
+    def replies(self, deadline: float) -> Iterator[Dict[str, Any]]:
+        """The JSON objects that arrive until ``deadline`` (monotonic); anything else is skipped."""
+        while True:
+            delivery = self.receive(deadline - time.monotonic())
+            if delivery is None:
+                return
+            try:
+                yield messages.decode_body(delivery.body, self._max_body)
+            except InvalidMessage:
+                continue
 
     def drain(self, first_wait: float, idle: float, limit: int) -> List[Delivery]:
         """Deliveries until ``limit`` arrived or none came for ``idle`` seconds."""

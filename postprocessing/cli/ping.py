@@ -11,7 +11,7 @@ from postprocessing import logsafe, messages
 from postprocessing.cli.broker import BrokerSession
 from postprocessing.cli.progress import table
 from postprocessing.config import Config
-from postprocessing.errors import InvalidMessage, UsageError
+from postprocessing.errors import UsageError
 
 
 def add_parser(sub: Any) -> None:
@@ -53,15 +53,7 @@ def ping(cfg: Config, wait: float) -> List[Dict[str, Any]]:
                 "role": "postprocessing-cli"}
         sent = time.monotonic()
         session.publish(cfg.heartbeat_ping, messages.encode(body), {"persistent": "false"})
-        deadline = sent + wait
-        while True:
-            delivery = session.receive(deadline - time.monotonic())
-            if delivery is None:
-                break
-            try:
-                reply = messages.decode_body(delivery.body, cfg.max_body_bytes)
-            except InvalidMessage:
-                continue
+        for reply in session.replies(sent + wait):
             if reply.get("ping_id") != ping_id:
                 continue
             key = (reply.get("src_name"), reply.get("pid"))

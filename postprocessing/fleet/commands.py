@@ -12,7 +12,6 @@ from typing import Any, Dict, List, Optional
 from postprocessing import messages
 from postprocessing.cli.broker import BrokerSession
 from postprocessing.config import Config
-from postprocessing.errors import InvalidMessage
 
 REPLY_KIND = "postprocessing-control-reply"
 
@@ -47,15 +46,7 @@ def send_command(cfg: Config, command: str, host: Optional[str], instrument: Opt
             headers["user-id"] = cfg.amq_user
         body = command_body(command, host, instrument, everyone, reply_to, command_id)
         session.publish(cfg.fleet_control, messages.encode(body), headers)
-        deadline = time.monotonic() + wait
-        while True:
-            delivery = session.receive(deadline - time.monotonic())
-            if delivery is None:
-                break
-            try:
-                reply = messages.decode_body(delivery.body, cfg.max_body_bytes)
-            except InvalidMessage:
-                continue
+        for reply in session.replies(time.monotonic() + wait):
             if reply.get("kind") != REPLY_KIND or reply.get("id") != command_id:
                 continue
             answers.setdefault((str(reply.get("host")), str(reply.get("pid"))), reply)

@@ -96,6 +96,13 @@ def settle_down(agent: Agent, steps: int = 20) -> None:
         agent.run_once(0.01)
 
 
+def step(*agents: Agent) -> bool:
+    """One turn of each agent's loop (for conditions that need several agents to move); True."""
+    for agent in agents:
+        agent.run_once(0.01)
+    return True
+
+
 def bodies(transport: MemoryTransport, destination: str) -> List[Dict[str, Any]]:
     return [json.loads(b) for b in transport.sent_to(destination)]
 
