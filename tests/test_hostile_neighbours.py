@@ -125,7 +125,8 @@ def test_code_planted_in_the_proposal_area_is_not_run(make_agent, facility, clie
     assert not info["vars_dir"].startswith(facility.root)
     record = json.load(open(os.path.join(log_dir, "CNCS_1.nxs.h5.vars.json")))
     assert record["standard_vars"] == {"a": 1}
-    claims = (".lease", ".done")  # the run's claim (docs/delivery.md), released once its outcome is confirmed
+    # the run's claim (docs/delivery.md): released once its outcome is confirmed, settled once its ACK is
+    claims = (".lease", ".done", ".settled")
     assert sorted(n for n in os.listdir(log_dir) if not n.endswith(claims)) == [
         "CNCS_1.nxs.h5.log", "CNCS_1.nxs.h5.vars.json", "json.py", "reduce_helper.py", "reduce_vars.py"]
 
