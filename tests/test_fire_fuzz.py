@@ -146,8 +146,8 @@ def _deliver(tree: Tree, queue_key: str, body: bytes, **overrides: Any) -> List[
     assert transport.acked == [message_id], "settled %d times" % len(transport.acked)
     assert not agent.runs and agent.slots.running == 0 and not len(agent.outbox)
     assert not transport.queues[queue], "the message went back to the queue after its ack"
-    heart_beat = agent.config.heart_beat
-    return [(dest, out) for dest, out, _h in transport.sent[before:] if dest != heart_beat]
+    chatter = (agent.config.heart_beat, agent.config.fleet_status)
+    return [(dest, out) for dest, out, _h in transport.sent[before:] if dest not in chatter]
 
 
 def check_outcomes(tree: Tree, sent: List[Tuple[str, bytes]]) -> None:
@@ -299,7 +299,8 @@ def _topic(tree: Tree, topic_key: str, body: bytes) -> None:
     transport.topic(agent.config.destination(topic_key), body.replace(ROOT_TOKEN.encode(), tree.root.encode()))
     for _ in range(5):
         agent.run_once(max_wait=0.01)
-    replies = [d for d, _b, _h in transport.sent[before:] if d != agent.config.heart_beat]
+    replies = [d for d, _b, _h in transport.sent[before:] if d not in (agent.config.heart_beat,
+                                                                      agent.config.fleet_status)]
     assert len(replies) <= 1 and not transport.acked and not agent.runs
 
 
