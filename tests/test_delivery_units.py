@@ -508,3 +508,30 @@ def test_a_redelivered_repeat_that_another_agent_claimed_is_no_lost_ack(tmp_path
     other_proc.gate.set()
     spin(first, lambda: step(other) and len(broker.acked) == 2)
     assert bodies(other_broker, "/queue/DONE") and other_proc.ran == ["1"]
+
+
+def test_a_run_whose_ack_rabbitmq_forgot_is_not_run_again_by_another_agent(tmp_path):
+    """Promise 4 (fault harness in CI, RabbitMQ seed 249649): A answered and acked run 1 a moment
+    before RabbitMQ was SIGKILLed; the broker forgot the ACK and gave the message, redelivered,
+    to B.  B sees A's settled claim from just before its own connection dropped: no second run."""
+    run = body(n="1", inst="CNCS", ipts="IPTS-1", data_file="/SNS/CNCS/IPTS-1/nexus/CNCS_1.nxs.h5")
+    first, first_broker, first_proc = make(data_root=str(tmp_path))
+    first_proc.gate.set()
+    first.run_once(0)
+    first_broker.publish(QUEUE, run)
+    spin(first, lambda: first_broker.acked and not first.runs)
+    settle_down(first)
+
+    other, broker, proc = make(data_root=str(tmp_path))
+    broker.forgets_confirmed_acks = True
+    proc.gate.set()
+    other.run_once(0)
+    broker.drop_connection("broker SIGKILLed")
+    spin(other, lambda: other.connected)
+    broker.publish(QUEUE, run, {"redelivered": "true"})
+    spin(other, lambda: broker.acked)
+    settle_down(other)
+    assert proc.ran == [] and not bodies(broker, "/queue/DONE"), "a run answered and acked elsewhere ran again"
+    broker.publish(QUEUE, run)
+    spin(other, lambda: len(broker.acked) == 2)
+    assert proc.ran == ["1"], "the same request sent again later did not run"

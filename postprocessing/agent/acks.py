@@ -36,6 +36,8 @@ class AckBook:
         #: Connection epoch -> when its drop was noticed (the last one only).
         self._dropped_at: Dict[int, float] = {}
         self._connected_at = 0.0
+        #: When (wall clock) the last connection drop was noticed.
+        self._dropped_wall: Optional[float] = None
 
     def sent(self, receipt: str, acking: Acking) -> None:
         self._in_flight[receipt] = acking
@@ -62,11 +64,18 @@ class AckBook:
     def dropped(self, epoch: int) -> None:
         """The connection ``epoch`` dropped: ACKs in flight on it are lost (their runs stay "maybe not acked")."""
         self._dropped_at = {epoch: time.monotonic()}
+        self._dropped_wall = time.time()
         self._in_flight.clear()
 
     def given_back(self, ident: str) -> None:
         """A delivery of ``ident`` went back to the broker: it returns redelivered, and is no lost ACK."""
         self._confirmed.pop(ident, None)
+
+    def last_drop(self) -> Optional[float]:
+        """While this connection is young: when (wall clock) the one before it dropped."""
+        if self._dropped_wall is None or time.monotonic() - self._connected_at > LOST_ACK_SEC:
+            return None
+        return self._dropped_wall
 
     def lost_by_broker(self, ident: str, epoch: int) -> Optional[Tuple[str, float]]:
         """Whether a redelivered ``ident`` on connection ``epoch`` may be the copy of a run acked

@@ -363,7 +363,9 @@ class Agent:
                     continue
                 if not self.slots.can_start(run.instrument, run.proposal):
                     continue
-                verdict = self.leases.claimed(run, self.acks.done_files_in_flight())
+                forgotten = (self.acks.last_drop() if run.delivery.redelivered and self.transport.forgets_confirmed_acks
+                             else None)
+                verdict = self.leases.claimed(run, self.acks.done_files_in_flight(), forgotten)
                 if verdict is None:
                     self._start(run)
                 elif verdict != "held":  # answered already by a claimant whose ack was lost

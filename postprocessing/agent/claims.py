@@ -40,7 +40,7 @@ import os
 import socket
 import time
 import uuid
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import psutil
 
@@ -241,6 +241,17 @@ class Claims:
                 os.replace(self.done_path(path), self.settled_path(path))
         except OSError as err:
             logger.warning("could not settle %s: %s", self.done_path(path), err)
+
+    def settled(self, path: str, request: str) -> Optional[Tuple[Dict[str, Any], float]]:
+        """The outcome of ``request`` whose ACK was confirmed (its settled file), and when that was
+        (the file's change time: the rename at the ACK's receipt)."""
+        data = self._read(self.settled_path(path))
+        if not data or data.get("request") != request or not isinstance(data.get("destination"), str):
+            return None
+        try:
+            return data, os.stat(self.settled_path(path), follow_symlinks=False).st_ctime
+        except OSError:
+            return None
 
     def answered_at(self, path: str) -> Optional[float]:
         """When the run of lease ``path`` was last answered (outcome confirmed), by any agent (wall clock)."""

@@ -8,6 +8,7 @@ import logging
 import time
 from typing import Collection, List, Optional, Tuple
 
+from postprocessing.agent.acks import LOST_ACK_WINDOW
 from postprocessing.agent.claims import Claim, Claims, lease_path
 from postprocessing.agent.runs import Run, RunState, RunTable
 from postprocessing.config import Config
@@ -23,14 +24,19 @@ class Leases:
         #: When to refresh claims and look at held runs again.
         self.due: Optional[float] = None
 
-    def claimed(self, run: Run, acking: Collection[Tuple[str, str]] = ()) -> Optional[str]:
+    def claimed(self, run: Run, acking: Collection[Tuple[str, str]] = (),
+                forgotten_before: Optional[float] = None) -> Optional[str]:
         """Claim a reduction before it runs.
 
         Returns None to run it; "held" when another agent runs it (the run is then HELD); or
         the destination of the outcome a claimant already confirmed for this very message,
         whose ACK was never confirmed (the run is to be settled without running).  ``acking``:
         the done files of runs whose ACK is on its way on the live connection; the broker is
-        not redelivering those, so a run that matches one is a new request."""
+        not redelivering those, so a run that matches one is a new request.
+        ``forgotten_before``: for a redelivery on a broker that forgets ACKs it confirmed just
+        before a SIGKILL (RabbitMQ), when the previous connection dropped: a run whose ACK some
+        agent confirmed within ``LOST_ACK_WINDOW`` before that, and which nobody claimed since,
+        is that forgotten message (settled without running)."""
         assert run.work is not None and run.processor is not None
         if run.claim is not None or not run.processor.cancellable or self.config.communication_only:
             return None
@@ -45,6 +51,13 @@ class Leases:
                             run.label, done.get("host"), done["destination"])
                 run.done_ref = (path, str(done.get("nonce")))
                 return str(done["destination"])
+            settled = self.claims.settled(path, run.identity) if forgotten_before is not None else None
+            if (settled is not None and forgotten_before is not None and self.claims.look(path) is None
+                    and forgotten_before - LOST_ACK_WINDOW <= settled[1] <= forgotten_before):
+                logger.info("[%s] %s answered it (%s) and its ack was confirmed just before the broker went "
+                            "away, which forgot that ack: settling without running it", run.label,
+                            settled[0].get("host"), settled[0]["destination"])
+                return str(settled[0]["destination"])
             got = self.claims.claim(path, run.identity)
         except (OSError, UnsafePath) as err:
             logger.warning("[%s] cannot claim %s (%s): running it unclaimed", run.label, path, err)
