@@ -2,6 +2,7 @@
 
 import json
 
+from postprocessing.agent.metrics import MetricsObserver
 from postprocessing.agent.runs import RunState
 from tests.support.memagent import QUEUE, bodies, make, spin
 
@@ -93,8 +94,10 @@ def test_runs_settled_on_a_lost_connection_free_their_slots_on_the_new_one():
 
 
 def test_redelivery_with_a_new_message_id_rejoins_its_job():
-    """RabbitMQ gives a redelivered message a new id: it must still not run twice."""
+    """RabbitMQ gives a redelivered message a new id: it must still not run twice (and is counted)."""
     agent, transport, proc = make()
+    metrics = MetricsObserver(agent.config)
+    agent.observer = metrics
     transport.fresh_ids = True
     agent.run_once(0)
     transport.publish(QUEUE, b'{"n": "8"}')
@@ -106,6 +109,7 @@ def test_redelivery_with_a_new_message_id_rejoins_its_job():
     spin(agent, lambda: transport.acked)
     assert proc.ran == ["8"] and len(transport.acked) == 1
     assert len(bodies(transport, "/queue/DONE")) == 1
+    assert metrics.registry.get_sample_value("postprocessing_duplicate_deliveries_total", {"how": "rejoined"}) == 1
     assert not transport.queues[QUEUE]
 
 

@@ -5,15 +5,46 @@ for every delivery (RabbitMQ, Artemis).
 """
 
 import time
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import pytest
 
+from postprocessing.agent.agent import Agent
 from postprocessing.agent.observer import Observer
 from postprocessing.agent.runs import RunState
+from postprocessing.transport.memory import MemoryTransport
 from tests.support.memagent import QUEUE, bodies, body, make, settle_down, spin, step
 
 IDS = pytest.mark.parametrize("fresh_ids", [False, True], ids=["stable-ids", "fresh-ids"])
+
+
+CLAIMED_RUN = body(n="1", inst="CNCS", ipts="IPTS-1", data_file="/SNS/CNCS/IPTS-1/nexus/CNCS_1.nxs.h5")
+
+
+def claimant_cut_off(tmp_path: Any) -> Tuple[bytes, Agent, MemoryTransport, Any]:
+    """Agent A runs a claimed run (gated), then is cut off from its broker, which gives the
+    run to another agent: the run's body, A, A's broker (refusing A until the test allows) and A's processor."""
+    first, first_broker, first_proc = make(data_root=str(tmp_path), lease_refresh_sec=0.1)
+    first.run_once(0)
+    first_broker.publish(QUEUE, CLAIMED_RUN)
+    spin(first, lambda: bodies(first_broker, "/queue/STARTED"))
+    first_broker.refuse_connect = True
+    first_broker.drop_connection("cut off")
+    first_broker.queues[QUEUE].clear()
+    return CLAIMED_RUN, first, first_broker, first_proc
+
+
+def answered_elsewhere_then_a_repeat_runs(agent: Agent, broker: MemoryTransport, proc: Any, run: bytes) -> None:
+    """A redelivered copy of ``run``, answered by another agent, is settled here without running;
+    the same body sent again afterwards is a new request and runs."""
+    broker.publish(QUEUE, run, {"redelivered": "true"})
+    spin(agent, lambda: broker.acked)
+    settle_down(agent)
+    assert proc.ran == [] and not bodies(broker, "/queue/DONE"), "a run answered elsewhere ran again"
+    broker.publish(QUEUE, run)
+    spin(agent, lambda: len(broker.acked) == 2)
+    assert proc.ran == ["1"], "the same request sent again later did not run"
+    assert len(bodies(broker, "/queue/DONE")) == 1
 
 
 def test_busy_agent_takes_work_into_free_slots_after_a_reconnect():
@@ -339,28 +370,14 @@ def test_a_run_confirmed_by_an_agent_that_never_came_back_is_answered_by_another
     broker.fresh_ids = fresh_ids
     proc.gate.set()
     other.run_once(0)
-    broker.publish(QUEUE, run, {"redelivered": "true"})
-    spin(other, lambda: broker.acked)
-    settle_down(other)
-    assert proc.ran == [] and not bodies(broker, "/queue/DONE"), "a confirmed run ran again elsewhere"
-    broker.publish(QUEUE, run)
-    spin(other, lambda: len(broker.acked) == 2)
-    assert proc.ran == ["1"], "the same request sent again later did not run"
-    assert len(bodies(broker, "/queue/DONE")) == 1
+    answered_elsewhere_then_a_repeat_runs(other, broker, proc, run)
 
 
 def test_a_standing_cancel_goes_to_the_claimant_of_a_run_redelivered_elsewhere(tmp_path):
     """Promises 3 and 6 (fault harness, ActiveMQ seed 707068): A runs a claimed run and misses the
     cancel (partitioned); the run is redelivered to B, where the cancel stands.  B must not answer
     "cancelled" beside A's outcome: it hands the cancel to A through the claim, and A answers once."""
-    run = body(n="1", inst="CNCS", ipts="IPTS-1", data_file="/SNS/CNCS/IPTS-1/nexus/CNCS_1.nxs.h5")
-    first, first_broker, first_proc = make(data_root=str(tmp_path), lease_refresh_sec=0.1)
-    first.run_once(0)
-    first_broker.publish(QUEUE, run)
-    spin(first, lambda: bodies(first_broker, "/queue/STARTED"))
-    first_broker.refuse_connect = True
-    first_broker.drop_connection("partitioned")
-    first_broker.queues[QUEUE].clear()  # the broker gives the run to B (below)
+    run, first, first_broker, first_proc = claimant_cut_off(tmp_path)
 
     other, broker, proc = make(data_root=str(tmp_path), lease_refresh_sec=0.1)
     other.run_once(0)
@@ -430,14 +447,7 @@ def test_a_cancel_meeting_a_waiting_copy_of_a_run_another_agent_runs_answers_onc
     """Promise 3 (fault harness, RabbitMQ seed 431851): after a broker restart B holds a copy of the
     run that A runs (waiting for B's instrument slot) when the cancel goes out.  B must not answer
     "cancelled" beside A: the cancel goes to A through the claim, and B settles from A's outcome."""
-    run = body(n="1", inst="CNCS", ipts="IPTS-1", data_file="/SNS/CNCS/IPTS-1/nexus/CNCS_1.nxs.h5")
-    first, first_broker, first_proc = make(data_root=str(tmp_path), lease_refresh_sec=0.1)
-    first.run_once(0)
-    first_broker.publish(QUEUE, run)
-    spin(first, lambda: bodies(first_broker, "/queue/STARTED"))
-    first_broker.refuse_connect = True
-    first_broker.drop_connection("broker restarted")
-    first_broker.queues[QUEUE].clear()  # the broker gives the run to B (below)
+    run, first, first_broker, first_proc = claimant_cut_off(tmp_path)
 
     other, broker, proc = make(data_root=str(tmp_path), lease_refresh_sec=0.1, max_procs=2, jobs_per_instrument=1)
     other.run_once(0)
@@ -528,10 +538,4 @@ def test_a_run_whose_ack_rabbitmq_forgot_is_not_run_again_by_another_agent(tmp_p
     other.run_once(0)
     broker.drop_connection("broker SIGKILLed")
     spin(other, lambda: other.connected)
-    broker.publish(QUEUE, run, {"redelivered": "true"})
-    spin(other, lambda: broker.acked)
-    settle_down(other)
-    assert proc.ran == [] and not bodies(broker, "/queue/DONE"), "a run answered and acked elsewhere ran again"
-    broker.publish(QUEUE, run)
-    spin(other, lambda: len(broker.acked) == 2)
-    assert proc.ran == ["1"], "the same request sent again later did not run"
+    answered_elsewhere_then_a_repeat_runs(other, broker, proc, run)

@@ -7,7 +7,6 @@ from postprocessing import config as config_module
 from postprocessing.agent.metrics import MetricsObserver
 from postprocessing.devtools.brokerproc import free_port
 from tests.support.client import Collector
-from tests.support.memagent import QUEUE, bodies, make, spin
 from tests.test_metrics import scrape, wait_metric
 
 
@@ -55,25 +54,6 @@ def test_without_a_management_url_the_queue_metrics_are_left_out():
     names = {m.name for m in obs.registry.collect()}
     assert "postprocessing_slots_used" in names
     assert not any(n.startswith(("postprocessing_queue", "postprocessing_dlq")) for n in names)
-
-
-def test_a_rejoining_redelivery_is_counted():
-    """The agent's hook, on the in-memory broker: a redelivery that rejoins its running job."""
-    agent, transport, proc = make()
-    obs = MetricsObserver(agent.config)
-    agent.observer = obs
-    transport.fresh_ids = True
-    agent.run_once(0)
-    transport.publish(QUEUE, b'{"n": "8"}')
-    spin(agent, lambda: bodies(transport, "/queue/STARTED"))
-    transport.drop_connection("consumer timeout")
-    spin(agent, lambda: agent.connected and len(agent.runs) == 1 and any(
-        r.delivery.epoch == transport.epoch for r in agent.runs))
-    proc.gate.set()
-    spin(agent, lambda: transport.acked)
-    assert proc.ran == ["8"]
-    assert value(obs, "postprocessing_duplicate_deliveries_total", how="rejoined") == 1
-    assert value(obs, "postprocessing_slots_used") == 0
 
 
 @pytest.mark.broker
