@@ -35,6 +35,11 @@ from postprocessing.transport import Delivery, Disconnected, Receipt, SendRefuse
 
 logger = logging.getLogger(__name__)
 
+#: What a call into stomp.py raises when the connection breaks under it.  AttributeError too:
+#: its receiver thread sets the socket to None while another thread is between its
+#: ``socket is not None`` check and ``sendall`` (or ``getsockname``).
+_LINK_ERRORS = (StompException, OSError, AttributeError)
+
 BROKER_KINDS = ("activemq", "artemis", "rabbitmq")
 _SCHEDULED_DELAY = "AMQ_SCHEDULED_DELAY"
 _DUPLICATE_ID = "_AMQ_DUPL_ID"
@@ -190,7 +195,7 @@ class StompTransport:
             conn.set_listener("agent", listener)
             try:
                 conn.connect(self._user, self._password, wait=False)
-            except (StompException, OSError) as err:
+            except _LINK_ERRORS as err:
                 reasons.append("%s:%d %s" % (host, port, type(err).__name__))
                 continue
             if not listener.connected.wait(self._timeout) or listener.finished.is_set():
@@ -220,7 +225,11 @@ class StompTransport:
             return False
 
     def _live(self) -> Any:
-        if self._conn is None or not self._conn.is_connected():
+        try:
+            live = self._conn is not None and self._conn.is_connected()
+        except _LINK_ERRORS:
+            live = False
+        if not live:
             raise NotConnected("not connected to a broker")
         return self._conn
 
@@ -231,13 +240,13 @@ class StompTransport:
         try:
             conn.subscribe(destination, id=sub_id, ack="client-individual" if client_ack else "auto",
                            headers=headers)
-        except (StompException, OSError) as err:
+        except _LINK_ERRORS as err:
             raise NotConnected(str(err)) from None
 
     def unsubscribe(self, sub_id: str) -> None:
         try:
             self._live().unsubscribe(id=sub_id)
-        except (StompException, OSError) as err:
+        except _LINK_ERRORS as err:
             raise NotConnected(str(err)) from None
         self._routes.pop(sub_id, None)
 
@@ -255,7 +264,7 @@ class StompTransport:
                 frame_headers[_DUPLICATE_ID] = "%s-%s" % (self._instance, receipt)
         try:
             self._live().send(destination, body, headers=frame_headers)
-        except (StompException, OSError) as err:
+        except _LINK_ERRORS as err:
             raise NotConnected(str(err)) from None
 
     def ack(self, delivery: Delivery, receipt: Optional[str] = None) -> None:
@@ -263,7 +272,7 @@ class StompTransport:
             raise NotConnected("delivery belongs to an earlier connection")
         try:
             self._live().ack(delivery.ack_id, receipt=receipt)
-        except (StompException, OSError) as err:
+        except _LINK_ERRORS as err:
             raise NotConnected(str(err)) from None
 
     def release(self, delivery: Delivery) -> None:
@@ -277,7 +286,7 @@ class StompTransport:
             return
         try:
             self._live().nack(delivery.ack_id, requeue="true")
-        except (StompException, OSError) as err:
+        except _LINK_ERRORS as err:
             raise NotConnected(str(err)) from None
 
     def disconnect(self) -> None:
@@ -289,7 +298,7 @@ class StompTransport:
     def _close(conn: Any) -> None:
         try:
             conn.disconnect()
-        except (StompException, OSError) as err:
+        except _LINK_ERRORS as err:
             logger.debug("disconnect: %s", err)
         conn.transport.stop()
 
