@@ -47,6 +47,17 @@ def answered_elsewhere_then_a_repeat_runs(agent: Agent, broker: MemoryTransport,
     assert len(bodies(broker, "/queue/DONE")) == 1
 
 
+def answered_and_acked_by_another_agent(tmp_path: Any, run: bytes) -> None:
+    """Agent A, on a broker of its own, runs ``run`` (claimed on the shared tree), answers it and
+    has its ACK confirmed: the run's claim is settled."""
+    first, first_broker, first_proc = make(data_root=str(tmp_path))
+    first_proc.gate.set()
+    first.run_once(0)
+    first_broker.publish(QUEUE, run)
+    spin(first, lambda: first_broker.acked and not first.runs)
+    settle_down(first)
+
+
 def test_busy_agent_takes_work_into_free_slots_after_a_reconnect():
     """Promise 7: one long job of 3 slots, broker restart; two new runs must start at once."""
     agent, transport, proc = make(max_procs=3)
@@ -408,12 +419,7 @@ def test_a_late_cancel_missed_by_the_agent_that_ran_the_run_does_not_silence_a_r
     broker.topic("/topic/POSTPROCESSING.CANCEL", body(cancel=True, instrument="CNCS", run_number="1"))
     settle_down(other)
 
-    first, first_broker, first_proc = make(data_root=str(tmp_path))
-    first_proc.gate.set()
-    first.run_once(0)
-    first_broker.publish(QUEUE, run)
-    spin(first, lambda: first_broker.acked and not first.runs)
-    settle_down(first)
+    answered_and_acked_by_another_agent(tmp_path, run)
 
     broker.publish(QUEUE, run)
     spin(other, lambda: broker.acked)
@@ -525,12 +531,7 @@ def test_a_run_whose_ack_rabbitmq_forgot_is_not_run_again_by_another_agent(tmp_p
     before RabbitMQ was SIGKILLed; the broker forgot the ACK and gave the message, redelivered,
     to B.  B sees A's settled claim from just before its own connection dropped: no second run."""
     run = body(n="1", inst="CNCS", ipts="IPTS-1", data_file="/SNS/CNCS/IPTS-1/nexus/CNCS_1.nxs.h5")
-    first, first_broker, first_proc = make(data_root=str(tmp_path))
-    first_proc.gate.set()
-    first.run_once(0)
-    first_broker.publish(QUEUE, run)
-    spin(first, lambda: first_broker.acked and not first.runs)
-    settle_down(first)
+    answered_and_acked_by_another_agent(tmp_path, run)
 
     other, broker, proc = make(data_root=str(tmp_path))
     broker.forgets_confirmed_acks = True
