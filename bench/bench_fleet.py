@@ -24,7 +24,7 @@ import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from postprocessing.devtools import activemq, rabbitmq  # noqa: E402
+from postprocessing.devtools import activemq, rabbitmq_local  # noqa: E402
 from postprocessing.jobs.environment import MARKER, agent_identity  # noqa: E402
 from tests.support.agentproc import AgentProcess, queue_names  # noqa: E402
 from tests.support.client import Collector  # noqa: E402
@@ -73,9 +73,10 @@ class SlotWatch(threading.Thread):
 
 
 def broker_process(broker: Any) -> psutil.Process:
-    if broker.kind == "rabbitmq":
-        return rabbitmq._beams()[0]
-    return psutil.Process(broker.proc.pid)
+    """The broker's VM: for RabbitMQ, the Erlang VM its start script runs."""
+    proc = psutil.Process(broker.proc.pid)
+    beams = [p for p in proc.children(recursive=True) if p.name().startswith("beam")]
+    return beams[0] if beams else proc
 
 
 def fleet_run(broker: Any, workdir: str, agents_n: int, runs: int) -> Dict[str, Any]:
@@ -161,10 +162,8 @@ def main(argv: Any = None) -> int:
     parser.add_argument("--broker", default="activemq", choices=("activemq", "rabbitmq"))
     args = parser.parse_args(argv)
     workdir = tempfile.mkdtemp(prefix="pp-fleet-")
-    if args.broker == "rabbitmq":
-        broker: Any = rabbitmq.SystemRabbitMQ().ensure()
-    else:
-        broker = activemq.LocalActiveMQ(os.path.join(workdir, "broker")).start()
+    starter: Any = rabbitmq_local.LocalRabbitMQ if args.broker == "rabbitmq" else activemq.LocalActiveMQ
+    broker = starter(os.path.join(workdir, "broker")).start()
     print("fleet bench: %d no-op runs per fleet, max_procs %d per agent, %s, %d CPUs" % (
         args.runs, MAX_PROCS, args.broker, os.cpu_count() or 0), flush=True)
     rows = []

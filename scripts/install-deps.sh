@@ -59,16 +59,8 @@ if command -v runuser >/dev/null 2>&1; then
         || runuser -u postgres -- psql -qc "CREATE ROLE \"$user\" SUPERUSER LOGIN"
 fi
 
-# RabbitMQ: running, with its STOMP plugin (port 61613), as the tests' second broker.
-if ! rabbitmqctl -q status >/dev/null 2>&1; then
-    rabbitmq-server -detached
-    # The node registers with epmd a moment after -detached returns: wait for it, then for boot.
-    for _ in $(seq 1 60); do rabbitmqctl -q await_startup --timeout 120 >/dev/null 2>&1 && break; sleep 1; done
-    rabbitmqctl -q await_startup --timeout 120
-fi
-rabbitmq-plugins -q enable rabbitmq_stomp >/dev/null
-# Its management API (port 15672), which management_url reads queue depth from
-# (the queue-depth tests start private nodes with it instead).
-rabbitmq-plugins -q enable rabbitmq_management >/dev/null
+# RabbitMQ is installed, not started: the demo, the tests and the benches run private nodes of
+# their own (postprocessing/devtools/rabbitmq_local.py), with their plugins, data and logs in
+# their work directories, so a machine's RabbitMQ service and whatever it holds play no part.
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'

@@ -5,6 +5,7 @@ Without a broker the broker tests fail under ``CI`` (set by CI) and skip loudly 
 
 import itertools
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -13,7 +14,7 @@ from typing import Any, Callable, Dict, Iterator, List
 import pytest
 import requests
 
-from postprocessing.devtools import activemq, artemis, rabbitmq, rabbitmq_local
+from postprocessing.devtools import activemq, artemis, rabbitmq_local
 from postprocessing.devtools.brokerproc import free_port
 from tests.support import reliability
 from tests.support.agentproc import AgentProcess, queue_names
@@ -85,18 +86,16 @@ def pytest_collection_modifyitems(config: Any, items: List[Any]) -> None:
 
 @pytest.fixture(scope="session", params=BROKERS)
 def broker(request: Any) -> Iterator[Any]:
-    """Each broker test runs against ActiveMQ Classic, ActiveMQ Artemis and RabbitMQ's STOMP plugin."""
-    if request.param == "rabbitmq":
-        try:
-            system = rabbitmq.SystemRabbitMQ().ensure()
-        except RuntimeError as err:
-            _broker_unavailable(str(err))
-        yield system
-        return
+    """Each broker test runs against ActiveMQ Classic, ActiveMQ Artemis and RabbitMQ's STOMP plugin.
+
+    Each is a private broker in a work directory of its own, removed afterwards: a run of the
+    tests neither needs a broker service on the machine nor leaves queues behind in one.
+    """
     workdir = tempfile.mkdtemp(prefix="pp-broker-")
-    b: Any = start_artemis(workdir) if request.param == "artemis" else start_broker(workdir)
+    b: Any = _STARTERS[request.param](workdir)
     yield b
     b.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,19 +1,16 @@
 """RabbitMQ specifics: a job longer than the broker's consumer timeout still ends once."""
 
 import os
-import subprocess
 
 import pytest
 
 pytestmark = [pytest.mark.broker, pytest.mark.fire, pytest.mark.rabbitmq_only]
 
 
-def rabbit_env(key: str, value: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", "eval", "application:set_env(rabbit, %s, %s)." % (key, value)],
-                   check=True, capture_output=True)
+def test_a_job_outliving_the_consumer_timeout_is_not_run_twice(broker, make_agent, facility, client, reliability_rows):
+    def rabbit_env(key: str, value: str) -> None:
+        broker.ctl("eval", "application:set_env(rabbit, %s, %s)." % (key, value))
 
-
-def test_a_job_outliving_the_consumer_timeout_is_not_run_twice(make_agent, facility, client, reliability_rows):
     facility.script("CNCS", """
         import sys, time
         open(sys.argv[2] + "ran", "a").write("x")

@@ -1,12 +1,14 @@
-"""A private RabbitMQ node with its STOMP plugin, for tests that kill and restart their broker.
+"""A private RabbitMQ node with its STOMP plugin, for the tests, the fault harness and the benches.
 
-It runs Debian's RabbitMQ as a second Erlang node (its own node name, ports, data and log
-directories, and plugin list) beside the system service, in its own process group, so a
-test can SIGKILL it as a crash would without touching the service the other tests share.
+It runs Debian's RabbitMQ as an Erlang node of its own (its own node name, ports, data and log
+directories, and plugin list) beside any system service, which it never touches or needs, in
+its own process group, so a test can SIGKILL it as a crash would.  Everything it keeps is in
+its work directory: no run leaves queues behind for the next one to recover.
 """
 
 import os
 import shutil
+import subprocess
 from typing import Dict, List, Optional
 
 from postprocessing.devtools.brokerproc import BrokerProcess, free_port
@@ -42,9 +44,8 @@ class LocalRabbitMQ(BrokerProcess):
             return ""
         return "http://%s:%d/api" % (self.host, self.management_port)
 
-    def environment(self) -> Dict[str, str]:
-        conf = os.path.join(self.workdir, "rabbitmq.conf")
-        with open(conf, "w", encoding="utf-8") as handle:
+    def prepare(self) -> None:
+        with open(self._conf + ".conf", "w", encoding="utf-8") as handle:
             handle.write("listeners.tcp.1 = 127.0.0.1:%d\n" % self.amqp_port)
             handle.write("stomp.listeners.tcp.1 = %s:%d\n" % (self.host, self.port))
             handle.write("stomp.tcp_listen_options.nodelay = true\n")
@@ -52,16 +53,31 @@ class LocalRabbitMQ(BrokerProcess):
             handle.write("default_user = %s\ndefault_pass = %s\n" % (self.user, self.password))
             if self.management_port is not None:
                 handle.write("management.tcp.ip = %s\nmanagement.tcp.port = %d\n" % (self.host, self.management_port))
-        plugins = os.path.join(self.workdir, "enabled_plugins")
-        with open(plugins, "w", encoding="utf-8") as handle:
+        with open(self._plugins, "w", encoding="utf-8") as handle:
             handle.write("[rabbitmq_stomp,rabbitmq_management].\n" if self.management_port is not None
                          else "[rabbitmq_stomp].\n")
+
+    @property
+    def _conf(self) -> str:
+        return os.path.join(self.workdir, "rabbitmq")
+
+    @property
+    def _plugins(self) -> str:
+        return os.path.join(self.workdir, "enabled_plugins")
+
+    def environment(self) -> Dict[str, str]:
         return dict(
             os.environ, RABBITMQ_NODENAME=self.node, RABBITMQ_NODE_PORT=str(self.amqp_port),
-            RABBITMQ_DIST_PORT=str(self.dist_port), RABBITMQ_CONFIG_FILE=conf[:-len(".conf")],
-            RABBITMQ_ENABLED_PLUGINS_FILE=plugins, RABBITMQ_MNESIA_BASE=os.path.join(self.workdir, "mnesia"),
+            RABBITMQ_DIST_PORT=str(self.dist_port), RABBITMQ_CONFIG_FILE=self._conf,
+            RABBITMQ_ENABLED_PLUGINS_FILE=self._plugins, RABBITMQ_MNESIA_BASE=os.path.join(self.workdir, "mnesia"),
             RABBITMQ_LOG_BASE=os.path.join(self.workdir, "log"),
         )
+
+    def ctl(self, *args: str, timeout: float = 60.0) -> str:
+        """Run ``rabbitmqctl`` against this node (``ctl("eval", ...)``); its output, or CalledProcessError."""
+        result = subprocess.run([os.path.join(RABBITMQ_LIB, "rabbitmqctl"), "-q", "-n", self.node, *args],
+                                env=self.environment(), capture_output=True, text=True, timeout=timeout, check=True)
+        return result.stdout
 
     def command(self) -> List[str]:
         return [os.path.join(RABBITMQ_LIB, "rabbitmq-server")]

@@ -2,8 +2,7 @@
 ``start()``, ``kill()`` (SIGKILL, as a crash) and ``stop()``.
 
 Each is a private broker of the harness, listening on the bridge address the hosts reach:
-ActiveMQ Classic, Artemis, or a RabbitMQ node of its own beside the system service (killing
-the system RabbitMQ would make it reload every durable queue the test sessions left there).
+ActiveMQ Classic, Artemis, or a RabbitMQ node of its own.
 A new broker kind is one more entry here.
 """
 
