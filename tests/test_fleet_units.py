@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from postprocessing.agent import status
 from postprocessing.agent.control import parse_command
 from postprocessing.agent.runs import RunState
 from postprocessing.errors import InvalidMessage
@@ -14,6 +15,7 @@ from tests.support.memagent import QUEUE, bodies, make, settle_down, spin
 CONTROL = "/topic/POSTPROCESSING.FLEET.CONTROL"
 STATUS = "/topic/POSTPROCESSING.FLEET.STATUS"
 REPLY = "/topic/REPLIES"
+DONE = "/queue/DONE"
 
 
 def command(transport, user="operator", **fields):
@@ -42,8 +44,8 @@ def test_a_paused_instrument_is_held_unacked_and_does_not_block_others():
     settle_down(agent)
     assert proc.ran == ["2"] and [r.state for r in agent.runs] == [RunState.PAUSED]
     assert not transport.queues[QUEUE], "the paused run is held (un-acked), the broker still has it"
-    status = bodies(transport, STATUS)[-1]
-    assert status["paused_instruments"].keys() == {"A"} and status["held_paused"] == 1
+    spin(agent, lambda: bodies(transport, STATUS)[-1]["held_paused"] == 1)
+    assert bodies(transport, STATUS)[-1]["paused_instruments"].keys() == {"A"}
 
     # A lost connection gives it back; after the reconnect it is held again, not run.
     transport.drop_connection()
@@ -126,6 +128,20 @@ def test_a_status_goes_out_on_start_on_change_and_on_request():
     count = len(bodies(transport, STATUS))
     transport.topic(CONTROL, json.dumps({"command": "status"}).encode())
     spin(agent, lambda: len(bodies(transport, STATUS)) == count + 1)
+
+
+def test_a_burst_of_short_runs_sends_a_status_at_its_start_and_one_with_its_end_state():
+    agent, transport, proc = make()
+    spin(agent, lambda: bodies(transport, STATUS))
+    for n in range(1, 21):
+        transport.publish(QUEUE, json.dumps({"n": str(n), "inst": "A", "quick": True}).encode())
+    spin(agent, lambda: len(bodies(transport, DONE)) == 20)
+    during = len(bodies(transport, STATUS))
+    assert during <= 3, "%d statuses for 20 runs of a few ms each" % during
+    assert agent.status.due is not None, "the end state has not gone out yet, and a timer says when"
+    spin(agent, lambda: agent.status.due is None, timeout=status.CHANGE_INTERVAL_SEC + 1)
+    last = bodies(transport, STATUS)[-1]
+    assert last["running"] == [] and len(last["outcomes"]) == status.OUTCOMES_KEPT
 
 
 @pytest.mark.parametrize("fields, error", [

@@ -152,7 +152,7 @@ class Agent:
         for deadline in (self.holding.next_admission, self.holding.deadline(self.runs, self._full_hold()),
                          self._failback_due(),
                          self._stop_deadline, self.outbox.next_retry() if self.connected else None,
-                         self.leases.due, self._rejoin_until):
+                         self.leases.due, self._rejoin_until, self.status.due if self.connected else None):
             if deadline is not None:
                 deadlines.append(deadline)
         return max(0.0, min(deadlines) - now)

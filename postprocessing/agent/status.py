@@ -1,9 +1,11 @@
 """The agent's fleet status: what it runs, holds and did last, on the ``fleet_status`` topic.
 
 A status message goes out when the agent connects, whenever its running set, draining or
-paused state changes, on request (a ``status`` command on the control topic), and with
-every heartbeat (``heartbeat_interval_sec``).  ``postprocessing fleet`` reads them.  The
-SNS heartbeat stays as it is: the web monitor reads that one.
+paused state changes (at most one per ``CHANGE_INTERVAL_SEC``: a burst of short runs sends
+one status at its start and one with its end state, not two per run), on request (a
+``status`` command on the control topic), and with every heartbeat
+(``heartbeat_interval_sec``).  ``postprocessing fleet`` reads them.  The SNS heartbeat stays
+as it is: the web monitor reads that one.
 
 The body is JSON (see :func:`StatusBoard.body` and docs/operations.md)::
 
@@ -35,6 +37,8 @@ KIND = "postprocessing-status"
 OUTCOMES_KEPT = 10
 #: The longest error line a status carries.
 _ERROR_CHARS = 300
+#: The least time between two statuses that a change (not a request or heartbeat) sends.
+CHANGE_INTERVAL_SEC = 1.0
 
 
 def error_line(body: Any) -> Optional[str]:
@@ -87,7 +91,11 @@ class StatusBoard:
         self._started_mono = time.monotonic()
         self.outcomes: Deque[Dict[str, Any]] = collections.deque(maxlen=OUTCOMES_KEPT)
         self._signature: Optional[Tuple[Any, ...]] = None
+        self._last_sent: Optional[float] = None
+        #: When a change held back by ``CHANGE_INTERVAL_SEC`` is to go out (the loop's timer).
+        self.due: Optional[float] = None
         self.sent = 0
+        self.outcomes_seen = 0
 
     def outcome(self, run: Run, destination: str, body: Any, seconds: float) -> None:
         """Remember a job's outcome for the next statuses."""
@@ -95,12 +103,12 @@ class StatusBoard:
         entry.update({"destination": destination, "duration_sec": round(seconds, 3),
                       "error": error_line(body), "at": round(time.time(), 3)})
         self.outcomes.append(entry)
+        self.outcomes_seen += 1
 
-    @staticmethod
-    def signature(runs: RunTable, holding: Holding, stopping: bool) -> Tuple[Any, ...]:
-        """What, when it changes, makes a status go out at once."""
+    def signature(self, runs: RunTable, holding: Holding, stopping: bool) -> Tuple[Any, ...]:
+        """What, when it changes, makes a status go out."""
         return (tuple(sorted(r.key for r in runs.in_state(RunState.RUNNING))), holding.draining,
-                tuple(sorted(holding.paused)), stopping, runs.count(RunState.PAUSED))
+                tuple(sorted(holding.paused)), stopping, runs.count(RunState.PAUSED), self.outcomes_seen)
 
     def state(self, holding: Holding, stopping: bool, stopped: bool = False) -> str:
         if stopped:
@@ -140,15 +148,25 @@ class StatusBoard:
 
     def publish(self, runs: RunTable, holding: Holding, used: int, stopping: bool, force: bool = False,
                 stopped: bool = False) -> bool:
-        """Send a status if ``force`` or something in it changed since the last; True if sent."""
+        """Send a status if ``force``, or if something in it changed since the last and the last is
+        ``CHANGE_INTERVAL_SEC`` old (else ``due`` says when it will be); True if sent."""
         signature = self.signature(runs, holding, stopping)
-        if not force and signature == self._signature:
-            return False
+        if not force:
+            if signature == self._signature:
+                self.due = None
+                return False
+            now = time.monotonic()
+            if self._last_sent is not None and now < self._last_sent + CHANGE_INTERVAL_SEC:
+                self.due = self._last_sent + CHANGE_INTERVAL_SEC
+                return False
         body = self.body(runs, holding, used, stopping, stopped)
         try:
             self.transport.send(self.config.fleet_status, messages.encode(body), headers={"persistent": "false"})
         except NotConnected:
+            self.due = None  # the next connection sends one
             return False
         self._signature = signature
+        self._last_sent = time.monotonic()
+        self.due = None
         self.sent += 1
         return True
