@@ -27,7 +27,7 @@ def test_one_claim_per_run_across_hosts_and_the_holder_gets_the_outcome(tmp_path
     assert not os.path.exists(path)
     assert b.check(watch) == "done"
     assert b.outcome(path, watch.nonce) == {"nonce": mine.nonce, "request": "q:abc", "destination": "/queue/DONE",
-                                            "body": {"run_number": "1"}, "host": "host-a"}
+                                            "body": {"run_number": "1"}, "host": "host-a", "resend": False}
     b.acked(path, watch.nonce)
     assert b.outcome(path, request="q:abc") is None, "an acked run's outcome would answer a repeated request"
     again = b.claim(path, "q:abc")
@@ -45,6 +45,21 @@ def test_a_done_file_answers_its_request_until_the_ack_is_confirmed(tmp_path):
     assert b.outcome(path, request="q:r")["destination"] == "/queue/DONE"
     a.acked(path, "not-its-nonce")
     assert b.outcome(path, request="q:r") is not None, "another claim's ack cleared this outcome"
+
+
+def test_a_request_sent_back_for_a_data_retry_is_not_an_answer(tmp_path):
+    """A data retry's outcome is the request itself, back on its queue: a cancel still stands for it."""
+    path = str(tmp_path / "reduction_log" / "CNCS_2.nxs.h5.reduction.lease")
+    a = claims("host-a", 100)
+    mine = a.claim(path, "q:first")
+    assert isinstance(mine, Claim)
+    a.release(mine, "q:first", "/queue/REDUCTION.DATA_READY", {"attempt": 2}, resend=True)
+    a.acked(path, mine.nonce)
+    assert a.answered_at(path) is None
+    again = a.claim(path, "q:retry")
+    assert isinstance(again, Claim)
+    a.release(again, "q:retry", "/queue/DONE", {"run_number": "2"})
+    assert a.answered_at(path) is not None
 
 
 def test_a_lease_whose_heartbeat_stops_goes_stale_and_is_taken_over(tmp_path):

@@ -4,6 +4,7 @@ Redelivery tests run twice: with stable message ids (ActiveMQ Classic) and with 
 for every delivery (RabbitMQ, Artemis).
 """
 
+import json
 import time
 from typing import Any, List, Tuple
 
@@ -15,6 +16,7 @@ from postprocessing.agent.runs import RunState
 from postprocessing.transport.memory import MemoryTransport
 from tests.support.memagent import QUEUE, bodies, body, make, settle_down, spin, step
 
+FANOUT = "/topic/POSTPROCESSING.CANCEL"
 IDS = pytest.mark.parametrize("fresh_ids", [False, True], ids=["stable-ids", "fresh-ids"])
 
 
@@ -271,6 +273,38 @@ def test_cancel_still_stops_a_run_that_arrives_after_it():
     transport.publish(QUEUE, body(n="6", inst="A", quick=True))
     spin(agent, lambda: transport.acked)
     assert proc.ran == []
+    assert [b["error"] for b in bodies(transport, "/queue/POSTPROCESS.ERROR")] == ["cancelled by unknown"]
+
+
+def cancel_through_the_queue(agent, transport, run_number):
+    """A cancel sent to the cancel queue; the agent's fan-out of it is delivered back to it."""
+    transport.publish(agent.config.destination("reduction_cancel"),
+                      body(cancel=True, instrument="A", run_number=run_number))
+    spin(agent, lambda: transport.sent_to(FANOUT))
+    fanout = transport.sent_to(FANOUT)[-1]
+    transport.topic(FANOUT, fanout)
+    settle_down(agent)
+    return json.loads(fanout)
+
+
+def test_a_standing_cancel_never_silences_a_request_sent_after_it():
+    """Promise 6 (fault harness, ActiveMQ seed 387403: a late cancel of a run answered 14 min
+    before stood, and the run's next request, sent a minute after the cancel, was answered
+    "cancelled").  Where the broker stamps its messages, a standing cancel stops only a request
+    the broker took in before it."""
+    agent, transport, proc = make()
+    proc.gate.set()
+    agent.run_once(0)
+    fanout = cancel_through_the_queue(agent, transport, "7")
+    time.sleep(0.01)
+    transport.publish(QUEUE, body(n="7", inst="A", quick=True))
+    spin(agent, lambda: bodies(transport, "/queue/DONE") or bodies(transport, "/queue/POSTPROCESS.ERROR"))
+    assert proc.ran == ["7"] and not bodies(transport, "/queue/POSTPROCESS.ERROR"), "answered 'cancelled'"
+    assert isinstance(fanout.get("sent_ms"), int), "the fan-out carries when the broker took the cancel in"
+    # The cancel stands on for a request the broker took in before it (queued behind others).
+    transport.publish(QUEUE, body(n="7", inst="A", quick=True), {"timestamp": str(fanout["sent_ms"] - 1000)})
+    spin(agent, lambda: bodies(transport, "/queue/POSTPROCESS.ERROR"))
+    assert proc.ran == ["7"]
     assert [b["error"] for b in bodies(transport, "/queue/POSTPROCESS.ERROR")] == ["cancelled by unknown"]
 
 

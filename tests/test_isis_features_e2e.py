@@ -124,6 +124,45 @@ def test_a_malformed_cancel_is_harmless(make_agent, client):
     assert agent.proc.poll() is None
 
 
+def test_a_standing_cancel_does_not_stop_a_run_requested_after_it(broker, make_agent, facility, client):
+    """Promise 6 on a real broker: a cancel that met no run stands for one queued before it, and
+    a request sent after the cancel runs.  ActiveMQ Classic and Artemis stamp every message
+    (``timestamp``), which orders the two; RabbitMQ stamps nothing, so there the standing cancel
+    stops it, for ``cancel_window_sec`` (docs/delivery.md, "Limits, stated")."""
+    facility.script("CNCS", OK_SCRIPT)
+    agent = make_agent().start()
+    client.send(agent.q("reduction_cancel"), {"instrument": "CNCS", "run_number": 4, "cancel": True,
+                                              "information": "Requested by carol"})
+    agent.wait_log("no such run here")
+    time.sleep(0.05)
+    client.send(agent.q("reduction_data_ready"), facility.run("CNCS", "IPTS-1", 4))
+    if broker.kind == "rabbitmq":
+        assert client.wait(agent.q("reduction_error"))[0]["cancelled_by"] == "Requested by carol"
+        return
+    assert client.wait(agent.q("reduction_complete"))[0]["run_number"] == "4"
+    assert not client.get(agent.q("reduction_error"))
+    assert "this request was sent" in agent.log() and "the cancel stands on" in agent.log()
+
+
+def test_a_cancel_stops_a_run_waiting_for_its_data_retry(make_agent, facility, client):
+    """The retry's re-send waits at the broker (scheduled, or RabbitMQ's delay queue) when the
+    cancel comes: the cancel stands, and the retry, a request taken in before it, is cancelled."""
+    facility.script("CNCS", OK_SCRIPT)
+    agent = make_agent(data_retry_delay_sec=3, data_retry_max=4).start()
+    msg = facility.run("CNCS", "IPTS-1", 5)
+    os.remove(msg["data_file"])
+    client.send(agent.q("reduction_data_ready"), msg)
+    agent.wait_log("attempt 2 of 5 again in 3 s")
+    client.send(agent.q("reduction_cancel"), {"instrument": "CNCS", "run_number": 5, "cancel": True,
+                                              "information": "Requested by dave"})
+    agent.wait_log("no such run here")
+    facility.data_file("CNCS", "IPTS-1", 5)
+    error = client.wait(agent.q("reduction_error"), timeout=30)[0]
+    assert error["cancelled_by"] == "Requested by dave" and error["run_number"] == "5"
+    assert not client.get(agent.q("reduction_complete"))
+    assert not os.path.exists(os.path.join(facility.output_dir("CNCS", "IPTS-1"), "reduced.txt"))
+
+
 # -- per-proposal ordering -------------------------------------------------------------------
 def test_runs_of_one_proposal_are_serialised_others_go_ahead(make_agent, facility, client):
     facility.script("CNCS", timed_script(1.0))

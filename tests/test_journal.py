@@ -36,6 +36,14 @@ def test_an_acked_run_answers_nothing_and_survives_a_restart_for_cancels(tmp_pat
     assert not again.settled_since("INST/8", time.time() - 10)
 
 
+def test_a_request_sent_back_for_a_data_retry_is_not_settled_for_cancels(tmp_path):
+    journal = Journal(str(tmp_path / "j.db"), keep_sec=60)
+    row = journal.accepted(identity("/queue/A", b"y"), "INST/9")
+    journal.confirmed(row, "/queue/A", answered=False)
+    journal.acked(row)
+    assert not journal.settled_since("INST/9", time.time() - 10), "a cancel would find the retried run finished"
+
+
 def test_an_unacked_record_survives_a_restart(tmp_path):
     path = str(tmp_path / "j.db")
     journal = Journal(path, keep_sec=60)

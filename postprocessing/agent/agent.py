@@ -325,12 +325,13 @@ class Agent:
             fields = messages.decode_body(d.body, self.config.max_body_bytes)
             if processor is None:
                 raise InvalidMessage("No processor for destination %s" % d.destination)
-            run.work = processor.accept_from(fields, validated_user(d.headers, self.transport.kind))
+            run.work = processor.accept_from(fields, validated_user(d.headers, self.transport.kind),
+                                             d.broker_time_ms)
             run.processor = processor
             if not processor.cancellable:
                 return
             self.journal.set_ref(run.row, run_ref(run.work.payload))
-            cancel = self.cancel_desk.on_arrival(run.work.payload, self.leases.answered_at(run))
+            cancel = self.cancel_desk.on_arrival(run.work.payload, self.leases.answered_at(run), run.work.sent_ms)
             if cancel is not None and not self.leases.hand_cancel(run, cancel.who):
                 logger.info("[%s] dropped on arrival: cancelled by %s", run.work.label, cancel.who)
                 self._finish(run, processor.cancelled(run.work, cancel.who))
@@ -477,8 +478,8 @@ class Agent:
         """The outcome of ``key`` is safe at the broker: journal it, release its claim, settle it."""
         run = self.runs.get(key)
         if run is not None:
-            claim_ref = self.leases.release(run, result.destination, dict(result.body))
-            self.journal.confirmed(run.row, result.destination, claim_ref)
+            claim_ref = self.leases.release(run, result.destination, dict(result.body), result.resend)
+            self.journal.confirmed(run.row, result.destination, claim_ref, answered=not result.resend)
             self._settle(run)
 
     def _settle(self, run: Run) -> None:
@@ -516,14 +517,18 @@ class Agent:
         return any(p.cancellable for p in self.processors.values())
 
     def _fan_out_cancel(self, run: Run) -> None:
-        """A cancel from the queue: publish it to every agent, then settle it."""
+        """A cancel from the queue: publish it to every agent, with when the broker took it in
+        (``sent_ms``, where it said), then settle it."""
         try:
-            fields = messages.decode_body(run.delivery.body, self.config.max_body_bytes)
+            fields = dict(messages.decode_body(run.delivery.body, self.config.max_body_bytes))
             parse_cancel(fields)
         except InvalidMessage as err:
             logger.error("rejected cancel request %s: %s", logsafe.text(run.key), logsafe.text(err))
             self._finish(run, self._malformed(run.delivery, str(err)))
             return
+        fields.pop("sent_ms", None)
+        if run.delivery.broker_time_ms is not None:
+            fields["sent_ms"] = run.delivery.broker_time_ms
         self._finish(run, Outcome(self.config.cancel_fanout, fields))
 
     def _on_cancel(self, d: Delivery) -> None:

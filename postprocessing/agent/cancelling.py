@@ -3,7 +3,9 @@
 A fanned-out cancel stops the runs here that it names.  If there are none, it stands for a
 queued run that arrives later, unless the journal shows that run settled here already, or
 the run's claim on the shared filesystem shows that another agent answered it since the
-cancel's window opened (an agent that was down or cut off when the cancel went out).
+cancel's window opened (an agent that was down or cut off when the cancel went out).  A
+request that the broker took in after the cancel (both stamped: ActiveMQ Classic, Artemis)
+is not the one it stands for: it runs, and the cancel stands on.
 Once a cancel met its run, every agent hears it is closed (``"cancel": "closed"`` on the
 fan-out topic), so that a later request for that run is not silenced.
 """
@@ -32,13 +34,23 @@ class CancelDesk:
         self.journal = journal
         self.book = CancelBook(config.cancel_window_sec)
 
-    def on_arrival(self, request: RunRequest, answered_at: Optional[float] = None) -> Optional[CancelRequest]:
+    def on_arrival(self, request: RunRequest, answered_at: Optional[float] = None,
+                   sent_ms: Optional[int] = None) -> Optional[CancelRequest]:
         """The standing cancel that drops a run on arrival, if any (and it is closed then).
 
-        ``answered_at``: when the run was last answered by any agent (its claim's done or
-        settled file).  Requests of one run follow each other, so a run answered since the
-        cancel's window opened took the cancel's place (its agent missed the cancel, being down
-        or cut off from the broker): the cancel is closed, and this later request runs."""
+        ``sent_ms``: when the broker took the request in, if it said; a request taken in after
+        the cancel was sent after it, and runs.  ``answered_at``: when the run was last answered
+        by any agent (its claim's done or settled file).  Requests of one run follow each other,
+        so a run answered since the cancel's window opened took the cancel's place (its agent
+        missed the cancel, being down or cut off from the broker): the cancel is closed, and
+        this later request runs."""
+        standing = self.book.standing(request)
+        if standing is not None and not standing.sent_before(sent_ms):
+            assert sent_ms is not None and standing.sent_ms is not None
+            logger.info("cancel of %s %s by %s: this request was sent %.1f s after it and runs; the cancel "
+                        "stands on", logsafe.text(standing.instrument), logsafe.text(standing.run_number),
+                        logsafe.text(standing.who), (sent_ms - standing.sent_ms) / 1000.0)
+            return None
         taken = self.book.take(request)
         if taken is None:
             return None

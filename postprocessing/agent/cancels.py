@@ -3,7 +3,10 @@
 A cancel arrives on a queue (``reduction_cancel``), so only one agent receives it.  That
 agent re-publishes it on a topic (``cancel_fanout``) before acking it, and every agent
 (itself included) subscribes to the topic.  So a cancel reaches whichever agent holds the
-run, and one for a run that has not arrived yet stands for ``cancel_window_sec``.
+run, and one for a run that has not arrived yet stands for ``cancel_window_sec``.  The
+re-published cancel carries ``sent_ms``, when the broker took the cancel in: where the broker
+stamps its messages (ActiveMQ Classic, Artemis), a standing cancel stops only a request
+the broker took in before it, never a later one.
 """
 
 import dataclasses
@@ -21,10 +24,16 @@ class CancelRequest:
     run_number: str
     ipts: Optional[str]
     who: str
+    #: When the broker took the cancel in (ms since the epoch), where it said.
+    sent_ms: Optional[int] = None
 
     def matches(self, request: RunRequest) -> bool:
         return (request.instrument == self.instrument and request.run_number == self.run_number
                 and (self.ipts is None or request.ipts == self.ipts))
+
+    def sent_before(self, request_ms: Optional[int]) -> bool:
+        """False only for a request that the broker took in after this cancel (both stamped)."""
+        return self.sent_ms is None or request_ms is None or request_ms <= self.sent_ms
 
 
 def parse_cancel(data: Mapping[str, Any]) -> CancelRequest:
@@ -32,8 +41,11 @@ def parse_cancel(data: Mapping[str, Any]) -> CancelRequest:
         raise InvalidMessage("Cancel request must have \"cancel\": true")
     ipts = plain_name(data, "ipts", "IPTS") if data.get("ipts") is not None else None
     who = data.get("information")
+    sent_ms = data.get("sent_ms")
+    if not isinstance(sent_ms, int) or isinstance(sent_ms, bool) or sent_ms <= 0:
+        sent_ms = None
     return CancelRequest(plain_name(data, "instrument", "Instrument"), run_number(data), ipts,
-                         who if isinstance(who, str) and who else "unknown")
+                         who if isinstance(who, str) and who else "unknown", sent_ms)
 
 
 def run_ref(request: Union[RunRequest, CancelRequest]) -> str:
@@ -67,19 +79,24 @@ class CancelBook:
         self._pending.pop((cancel.instrument, cancel.run_number), None)
         self._since.pop((cancel.instrument, cancel.run_number), None)
 
-    def take(self, request: RunRequest) -> Optional[Tuple[CancelRequest, float]]:
-        """The standing cancel for ``request`` and when it arrived (wall clock), removed from the book."""
+    def standing(self, request: RunRequest) -> Optional[CancelRequest]:
+        """The standing cancel that names ``request``, if any."""
         now = time.monotonic()
         for key, (_cancel, expires) in list(self._pending.items()):
             if expires < now:
                 del self._pending[key]
                 self._since.pop(key, None)
-        key = (request.instrument, request.run_number)
-        entry = self._pending.get(key)
-        if entry is None or not entry[0].matches(request):
+        entry = self._pending.get((request.instrument, request.run_number))
+        return entry[0] if entry is not None and entry[0].matches(request) else None
+
+    def take(self, request: RunRequest) -> Optional[Tuple[CancelRequest, float]]:
+        """The standing cancel for ``request`` and when it arrived (wall clock), removed from the book."""
+        cancel = self.standing(request)
+        if cancel is None:
             return None
+        key = (request.instrument, request.run_number)
         del self._pending[key]
-        return entry[0], self._since.pop(key, time.time())
+        return cancel, self._since.pop(key, time.time())
 
 
 def cancel_targets(cancel: CancelRequest, runs: RunTable) -> List[Run]:

@@ -148,11 +148,14 @@ class Claims:
         claim.refreshed = now
         return True
 
-    def release(self, claim: Claim, request: str, destination: str, body: Optional[Mapping[str, Any]]) -> None:
-        """The run's outcome is confirmed: leave it for whoever gets the run's message, drop the lease."""
+    def release(self, claim: Claim, request: str, destination: str, body: Optional[Mapping[str, Any]],
+                resend: bool = False) -> None:
+        """The run's outcome is confirmed: leave it for whoever gets the run's message, drop the lease.
+
+        ``resend``: the outcome sends the request back for a later attempt, which answers nothing."""
         try:
             done = json.dumps({"nonce": claim.nonce, "request": request, "destination": destination,
-                               "body": body, "host": self.host}).encode()
+                               "body": body, "host": self.host, "resend": resend}).encode()
             fresh = "%s.%s" % (self.done_path(claim.path), claim.nonce)
             fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644)
             try:
@@ -254,11 +257,15 @@ class Claims:
             return None
 
     def answered_at(self, path: str) -> Optional[float]:
-        """When the run of lease ``path`` was last answered (outcome confirmed), by any agent (wall clock)."""
+        """When the run of lease ``path`` was last answered (outcome confirmed), by any agent (wall clock).
+
+        A request sent back for a later attempt (a data retry) is not an answer."""
         times = []
         for answer in (self.done_path(path), self.settled_path(path)):
             try:
-                times.append(os.stat(answer, follow_symlinks=False).st_mtime)
+                data = self._read(answer)
+                if data and data.get("resend") is not True:
+                    times.append(os.stat(answer, follow_symlinks=False).st_mtime)
             except OSError:
                 continue
         return max(times) if times else None

@@ -94,14 +94,16 @@ class Journal:
     def running(self, row: int) -> None:
         self._set(row, RUNNING)
 
-    def confirmed(self, row: int, destination: str, claim: Optional[str] = None) -> None:
+    def confirmed(self, row: int, destination: str, claim: Optional[str] = None, answered: bool = True) -> None:
         """The run's outcome is safe at the broker; its ack is not confirmed yet.
 
         ``claim`` names the done file the outcome left on the shared filesystem (claims.py); it
-        is a path, kept as bytes (a file name need not be valid UTF-8)."""
+        is a path, kept as bytes (a file name need not be valid UTF-8).  ``answered`` False: the
+        outcome sent the request back for a later attempt, so no cancel finds the run settled."""
         raw = claim.encode("utf-8", "surrogateescape") if claim is not None else None
-        self._db.execute("UPDATE runs SET state = ?, destination = ?, claim = ?, updated = ? WHERE id = ?",
-                         (UNACKED, destination, raw, time.time(), row))
+        self._db.execute("UPDATE runs SET state = ?, destination = ?, claim = ?, updated = ?, "
+                         "run_ref = CASE WHEN ? THEN run_ref END WHERE id = ?",
+                         (UNACKED, destination, raw, time.time(), answered, row))
 
     def acked(self, row: int) -> None:
         """The broker confirmed the run's ACK: nothing of it can come back."""

@@ -134,11 +134,12 @@ class Leases:
             self.due = time.monotonic() + self.config.lease_refresh_sec
         return True
 
-    def release(self, run: Run, destination: str, body: object) -> Optional[str]:
-        """The run's outcome is confirmed: leave it beside the lease; returns the journal's claim reference."""
+    def release(self, run: Run, destination: str, body: object, resend: bool = False) -> Optional[str]:
+        """The run's outcome (``resend``: its request sent back for a later attempt) is confirmed:
+        leave it beside the lease; returns the journal's claim reference."""
         if run.claim is None:
             return None
-        self.claims.release(run.claim, run.identity, destination, body if isinstance(body, dict) else None)
+        self.claims.release(run.claim, run.identity, destination, body if isinstance(body, dict) else None, resend)
         return "%s\n%s" % (run.claim.path, run.claim.nonce)
 
     def still_unacked(self, claim_ref: Optional[str]) -> Optional[Tuple[str, str]]:

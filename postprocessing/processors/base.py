@@ -32,6 +32,8 @@ class Work:
     proposal: Optional[str] = None
     #: The sender as the broker validated it (see transport/validated.py), if it did.
     sender: Optional[str] = None
+    #: When the broker took the request in (ms since the epoch; ``Delivery.broker_time_ms``).
+    sent_ms: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +43,9 @@ class Outcome:
     destination: str
     body: Mapping[str, Any]
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: The request itself, sent back to its queue for a later attempt (a data retry): the run
+    #: is not answered yet, so a cancel still stands for it.
+    resend: bool = False
 
 
 class RunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -174,9 +179,9 @@ class Processor:
         """Validate a message body into Work; raises InvalidMessage."""
         raise NotImplementedError
 
-    def accept_from(self, data: Dict[str, Any], sender: Optional[str]) -> Work:
-        """:meth:`accept`, recording the broker-validated ``sender`` in the Work."""
-        return dataclasses.replace(self.accept(data), sender=sender)
+    def accept_from(self, data: Dict[str, Any], sender: Optional[str], sent_ms: Optional[int] = None) -> Work:
+        """:meth:`accept`, recording the broker-validated ``sender`` and the broker's time in the Work."""
+        return dataclasses.replace(self.accept(data), sender=sender, sent_ms=sent_ms)
 
     def run(self, ctx: JobContext) -> Outcome:
         """Do the work to its outcome; runs on the job's own thread."""

@@ -126,7 +126,7 @@ class ReductionProcessor(Processor):
         ctx.log.warning("%s; attempt %d of %d again in %g s", problem, attempt + 1, cfg.data_retry_max + 1, delay)
         # The transport turns the delay into the broker's own mechanism (docs/brokers.md).
         headers = {"AMQ_SCHEDULED_DELAY": str(int(delay * 1000))} if delay else {}
-        return Outcome(self.queue, dict(req.fields, attempt=attempt + 1), headers)
+        return Outcome(self.queue, dict(req.fields, attempt=attempt + 1), headers, resend=True)
 
     def run_summary(self, ctx: JobContext, req: RunRequest, inst_dir: str, out_dir: str, log_dir: str,
                     base: str) -> None:

@@ -25,6 +25,14 @@ class Delivery:
     def redelivered(self) -> bool:
         return self.headers.get("redelivered", "false") == "true"
 
+    @property
+    def broker_time_ms(self) -> Optional[int]:
+        """When the broker took the message in (ms since the epoch), from the ``timestamp``
+        header that ActiveMQ Classic and Artemis stamp on every SEND; None where there is none
+        (RabbitMQ stamps nothing).  A redelivery keeps its first time."""
+        value = self.headers.get("timestamp", "")
+        return int(value) if value.isdigit() and int(value) > 0 else None
+
 
 @dataclasses.dataclass(frozen=True)
 class Receipt:

@@ -8,6 +8,7 @@ as the real transport does, so the agent's loop sees the same events.
 
 import collections
 import itertools
+import time
 from typing import Deque, Dict, List, Mapping, Optional, Tuple
 
 from postprocessing.errors import NotConnected
@@ -53,6 +54,9 @@ class MemoryTransport:
         self.held_ack_receipts: List[Receipt] = []
         #: Like Artemis: the connection is closed right after a refused send.
         self.close_on_refusal = False
+        #: Like ActiveMQ Classic and Artemis: every message taken in gets a ``timestamp`` (ms);
+        #: RabbitMQ stamps nothing.
+        self.stamps_time = True
         #: destination -> (how many more sends to refuse, why): see :meth:`refuse`.
         self._refusals: Dict[str, Tuple[int, str]] = {}
 
@@ -152,7 +156,7 @@ class MemoryTransport:
     def publish(self, destination: str, body: bytes, headers: Optional[Dict[str, str]] = None) -> str:
         """Put a message on a queue (as another client would) and deliver if possible."""
         message_id = "ID:memory-%d" % next(self._ids)
-        self.queues[destination].append((message_id, body, dict(headers or {})))
+        self.queues[destination].append((message_id, body, self._stamped(headers)))
         if self.connected:
             self._pump(destination)
         return message_id
@@ -161,7 +165,13 @@ class MemoryTransport:
         """Deliver a topic message to every subscription on it."""
         for sub_id, (dest, _prefetch, _client) in list(self.subscriptions.items()):
             if dest == destination:
-                self._deliver(sub_id, ("ID:memory-%d" % next(self._ids), body, dict(headers or {})), client=False)
+                self._deliver(sub_id, ("ID:memory-%d" % next(self._ids), body, self._stamped(headers)), client=False)
+
+    def _stamped(self, headers: Optional[Dict[str, str]]) -> Dict[str, str]:
+        stamped = dict(headers or {})
+        if self.stamps_time:
+            stamped.setdefault("timestamp", str(int(time.time() * 1000)))
+        return stamped
 
     def drop_connection(self, reason: str = "dropped") -> None:
         """The connection dies: held messages go back to their queues, marked redelivered."""
