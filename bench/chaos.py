@@ -57,9 +57,11 @@ def record(report: Report, args: argparse.Namespace) -> None:
                     sum(f.faults.values()), faults, report.seed),
         "observed": "%d requests: %d lost, %d overlapping executions, %d repeated executions after the outcome, "
                     "%d duplicate outcomes, %d re-requests not run, %d cancels that silenced a later request, "
-                    "%d busy stalls; drained %s after the last fault; %s" % (
+                    "%d busy stalls; %d outcomes sent again after their receipt was lost with the connection "
+                    "(Artemis drops the copy; ActiveMQ Classic and RabbitMQ deliver it); drained %s after the "
+                    "last fault; %s" % (
                         f.requests, f.lost, f.overlapping, f.repeated_after_confirm, f.duplicate_outcomes,
-                        f.rerequests_not_run, f.cancels_silencing, f.busy_stalls,
+                        f.rerequests_not_run, f.cancels_silencing, f.busy_stalls, f.resent_after_lost_receipt,
                         "%.0f s" % f.drain_sec if f.drain_sec is not None else "never", recovery)}})
 
 

@@ -75,3 +75,19 @@ def test_an_outcome_copied_around_a_broker_kill_is_counted_apart():
     assert figures.duplicate_outcomes == 1, "run 2's copies both came before the kill"
     figures = run_check(requests(), outcomes, executions, window=(0.0, 10.0))
     assert (figures.resent_after_lost_receipt, figures.duplicate_outcomes) == (0, 2)
+
+
+def test_an_outcome_copied_around_a_cut_connection_is_counted_apart():
+    """ActiveMQ seed 636275: a slow link starved the heartbeats just after a job's outcome left; the
+    agent reconnected and sent it again.  A slow link, or a partition of the host that ran the job,
+    near the second copy is that re-send; a partition of another host, or two executions, is not."""
+    executions = [Execution("h1", 10, 1, 1.0, 2.0, "ok")]
+    outcomes = [done(1, 2.1), done(1, 2.6)]
+    for fault, resent in ((Fault("slow", "", 0.5, 2.2), 1), (Fault("partition", "h1", 2.0, 9.0), 1),
+                          (Fault("partition", "h2", 2.0, 9.0), 0), (Fault("slow", "", 3.0, 9.0), 0)):
+        figures = run_check([Request(1, 1, "short", 0.0, 1)], outcomes, executions, [fault], window=(0.0, 10.0))
+        assert (figures.resent_after_lost_receipt, figures.duplicate_outcomes) == (resent, 1 - resent), fault
+    twice = executions + [Execution("h2", 11, 1, 1.5, 2.0, "ok")]
+    figures = run_check([Request(1, 1, "short", 0.0, 1)], outcomes, twice, [Fault("slow", "", 0.5, 2.2)],
+                        window=(0.0, 10.0))
+    assert figures.duplicate_outcomes == 1

@@ -69,7 +69,7 @@ class Report:
         ]
         for name in Figures.VIOLATIONS:
             out.append("  %-24s %d%s" % (name, getattr(f, name), "" if not getattr(f, name) else "   <-- VIOLATED"))
-        out.append("  resent after a lost receipt %d (a broker kill between the broker storing an outcome and"
+        out.append("  resent after a lost receipt %d (the connection cut between the broker storing an outcome and"
                    " its receipt; 0 expected on Artemis)" % f.resent_after_lost_receipt)
         out.append("  longest stall           %.1f s (limit %.0f)" % (f.longest_stall_sec, self.stall_limit_sec))
         out.append("  time to drain           %s" % ("%.1f s" % f.drain_sec if f.drain_sec is not None else

@@ -81,12 +81,17 @@ class Figures:
 
 
 def _resent_after_lost_receipt(request: Request, faults: List[Fault]) -> bool:
-    """Identical outcomes, and the broker was killed between the job's end and the last copy."""
-    if len({(kind, error) for _, kind, error in request.outcomes}) != 1:
+    """Identical outcomes of at most one execution, and between the job's end and the last copy a
+    fault that can cut its agent's connection with a SEND in flight: a broker kill, a slow link
+    (heartbeats starve), or a partition of the host that ran it.  The agent sends again an
+    outcome whose receipt it never got; only Artemis drops the copy (docs/delivery.md)."""
+    if len({(kind, error) for _, kind, error in request.outcomes}) != 1 or len(request.executions) > 1:
         return False
     done = max((e.end for e in request.executions), default=request.outcomes[0][0])
     last = request.outcomes[-1][0]
-    return any(f.kind == "broker_kill" and done - 1.0 <= f.start <= last for f in faults)
+    hosts = {e.host for e in request.executions}
+    return any((f.kind in ("broker_kill", "slow") or (f.kind == "partition" and f.target in hosts))
+               and f.start <= last and f.end >= done - 1.0 for f in faults)
 
 
 def _owner(by_run: Dict[int, List[Request]], run: int, when: float) -> Optional[Request]:
