@@ -325,13 +325,12 @@ class Agent:
             fields = messages.decode_body(d.body, self.config.max_body_bytes)
             if processor is None:
                 raise InvalidMessage("No processor for destination %s" % d.destination)
-            run.work = processor.accept_from(fields, validated_user(d.headers, self.transport.kind),
-                                             d.broker_time_ms)
+            run.work = processor.accept_from(fields, validated_user(d.headers, self.transport.kind))
             run.processor = processor
             if not processor.cancellable:
                 return
             self.journal.set_ref(run.row, run_ref(run.work.payload))
-            cancel = self.cancel_desk.on_arrival(run.work.payload, self.leases.answered_at(run), run.work.sent_ms)
+            cancel = self.cancel_desk.on_arrival(run.work.payload, self.leases.answered_at(run), d.broker_time_ms)
             if cancel is not None and not self.leases.hand_cancel(run, cancel.who):
                 logger.info("[%s] dropped on arrival: cancelled by %s", run.work.label, cancel.who)
                 self._finish(run, processor.cancelled(run.work, cancel.who))

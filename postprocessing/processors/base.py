@@ -32,8 +32,6 @@ class Work:
     proposal: Optional[str] = None
     #: The sender as the broker validated it (see transport/validated.py), if it did.
     sender: Optional[str] = None
-    #: When the broker took the request in (ms since the epoch; ``Delivery.broker_time_ms``).
-    sent_ms: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,9 +177,9 @@ class Processor:
         """Validate a message body into Work; raises InvalidMessage."""
         raise NotImplementedError
 
-    def accept_from(self, data: Dict[str, Any], sender: Optional[str], sent_ms: Optional[int] = None) -> Work:
-        """:meth:`accept`, recording the broker-validated ``sender`` and the broker's time in the Work."""
-        return dataclasses.replace(self.accept(data), sender=sender, sent_ms=sent_ms)
+    def accept_from(self, data: Dict[str, Any], sender: Optional[str]) -> Work:
+        """:meth:`accept`, recording the broker-validated ``sender`` in the Work."""
+        return dataclasses.replace(self.accept(data), sender=sender)
 
     def run(self, ctx: JobContext) -> Outcome:
         """Do the work to its outcome; runs on the job's own thread."""
