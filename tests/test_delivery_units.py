@@ -574,3 +574,57 @@ def test_a_run_whose_ack_rabbitmq_forgot_is_not_run_again_by_another_agent(tmp_p
     broker.drop_connection("broker SIGKILLed")
     spin(other, lambda: other.connected)
     answered_elsewhere_then_a_repeat_runs(other, broker, proc, run)
+
+
+@IDS
+def test_a_cancel_meeting_a_waiting_copy_of_a_run_answered_elsewhere_settles_it_from_that_answer(
+        tmp_path, fresh_ids):
+    """Promise 3 (fault harness, RabbitMQ seed 496): A answered the run, then lost its connection
+    before its ACK; the broker gave the run to B, where it waited for a slot when a cancel came.
+    B must not answer "cancelled" beside A's outcome: it settles the copy from A's answer."""
+    run = CLAIMED_RUN
+    first, first_broker, first_proc = make(data_root=str(tmp_path))
+    first_proc.gate.set()
+    first.run_once(0)
+    first_broker.lose_acks = True
+    first_broker.publish(QUEUE, run)
+    spin(first, lambda: bodies(first_broker, "/queue/DONE") and not first.runs)
+
+    other, broker, proc = make(data_root=str(tmp_path), max_procs=2, jobs_per_instrument=1)
+    broker.fresh_ids = fresh_ids
+    other.run_once(0)
+    broker.publish(QUEUE, body(n="x", inst="CNCS"))
+    spin(other, lambda: bodies(broker, "/queue/STARTED"))
+    broker.publish(QUEUE, run, {"redelivered": "true"})
+    spin(other, lambda: other.runs.in_state(RunState.WAITING))
+    broker.topic(FANOUT, body(cancel=True, instrument="CNCS", run_number="1"))
+    spin(other, lambda: len(broker.acked) == 1)
+    proc.gate.set()
+    spin(other, lambda: len(broker.acked) == 2)
+    settle_down(other)
+    error = other.config.destination("postprocess_error")
+    assert not bodies(broker, error), "B answered a run A had answered"
+    assert proc.ran == ["x"] and len(bodies(first_broker, "/queue/DONE")) == 1
+
+
+
+def test_a_standing_cancel_meeting_a_copy_of_a_run_answered_elsewhere_settles_it_from_that_answer(tmp_path):
+    """Promise 3, on arrival: A answered the run long before a cancel for it (its ACK lost); the
+    cancel stands at B when the broker gives B the un-acked copy.  B settles it from A's answer."""
+    first, first_broker, first_proc = make(data_root=str(tmp_path))
+    first_proc.gate.set()
+    first.run_once(0)
+    first_broker.lose_acks = True
+    first_broker.publish(QUEUE, CLAIMED_RUN)
+    spin(first, lambda: bodies(first_broker, "/queue/DONE") and not first.runs)
+    time.sleep(0.3)
+
+    other, broker, proc = make(data_root=str(tmp_path), cancel_window_sec=0.2)
+    other.run_once(0)
+    broker.topic(FANOUT, body(cancel=True, instrument="CNCS", run_number="1"))
+    other.run_once(0.05)
+    broker.publish(QUEUE, CLAIMED_RUN, {"redelivered": "true"})
+    spin(other, lambda: broker.acked)
+    settle_down(other)
+    assert not bodies(broker, other.config.destination("postprocess_error")), "B answered a run A had answered"
+    assert proc.ran == [] and first_proc.ran == ["1"]

@@ -331,9 +331,9 @@ class Agent:
                 return
             self.journal.set_ref(run.row, run_ref(run.work.payload))
             cancel = self.cancel_desk.on_arrival(run.work.payload, self.leases.answered_at(run), d.broker_time_ms)
-            if cancel is not None and not self.leases.hand_cancel(run, cancel.who):
-                logger.info("[%s] dropped on arrival: cancelled by %s", run.work.label, cancel.who)
-                self._finish(run, processor.cancelled(run.work, cancel.who))
+            if cancel is not None:
+                logger.info("[%s] met on arrival by the cancel of %s", run.work.label, logsafe.text(cancel.who))
+                self._cancel_not_running(run, cancel.who)
         except InvalidMessage as err:
             logger.error("rejected message %s on %s: %s", logsafe.text(d.message_id), logsafe.text(d.destination),
                          logsafe.text(err))
@@ -363,15 +363,20 @@ class Agent:
                     continue
                 if not self.slots.can_start(run.instrument, run.proposal):
                     continue
-                forgotten = (self.acks.last_drop() if run.delivery.redelivered and self.transport.forgets_confirmed_acks
-                             else None)
-                verdict = self.leases.claimed(run, self.acks.done_files_in_flight(), forgotten)
+                verdict = self.leases.claimed(run, self.acks.done_files_in_flight(), self._forgotten_before(run))
                 if verdict is None:
                     self._start(run)
                 elif verdict != "held":  # answered already by a claimant whose ack was lost
                     self.journal.confirmed(run.row, verdict)
                     self._settle(run)
         self._reconcile()
+
+    def _forgotten_before(self, run: Run) -> Optional[float]:
+        """For a redelivery on a broker that forgets ACKs it confirmed just before dying: when
+        the previous connection dropped (see ``Leases.claimed``)."""
+        if run.delivery.redelivered and self.transport.forgets_confirmed_acks:
+            return self.acks.last_drop()
+        return None
 
     def _reconcile(self) -> None:
         """Hold only what can run soon; keep one idle subscription per queue while there is room."""
@@ -537,10 +542,22 @@ class Agent:
             logger.info("[%s] cancelled by %s while %s", run.work.label, logsafe.text(cancel.who), run.state.value)
             if run.state is RunState.RUNNING and run.ctx is not None:
                 run.ctx.cancel(cancel.who)
-            elif not self.leases.hand_cancel(run, cancel.who):
-                self._finish(run, run.processor.cancelled(run.work, cancel.who))
+            else:
+                self._cancel_not_running(run, cancel.who)
         if targets:
             self._reconcile()
+
+    def _cancel_not_running(self, run: Run, who: str) -> None:
+        """A cancel met a run that does not run here.  A copy of a request another agent already
+        answered is settled from that answer; a run a live agent runs is held for it, the cancel
+        handed over; otherwise the cancel is answered here."""
+        assert run.work is not None and run.processor is not None
+        answer = self.leases.answered_elsewhere(run, self.acks.done_files_in_flight(), self._forgotten_before(run))
+        if answer is not None:
+            self.journal.confirmed(run.row, answer)
+            self._settle(run)
+        elif not self.leases.hand_cancel(run, who):
+            self._finish(run, run.processor.cancelled(run.work, who))
 
     # -- fleet status and control (status.py, control.py) ---------------------------------
     def _status(self, force: bool = False, stopped: bool = False) -> None:

@@ -44,20 +44,9 @@ class Leases:
         if path is None:
             return None
         try:
-            done = self.claims.outcome(path, request=run.identity)
-            ours = (path, str(done.get("nonce"))) in acking if done is not None else False
-            if done is not None and not ours and self.claims.look(path) is None:
-                logger.info("[%s] %s confirmed its outcome (%s) but not its ack: settling without running it",
-                            run.label, done.get("host"), done["destination"])
-                run.done_ref = (path, str(done.get("nonce")))
-                return str(done["destination"])
-            settled = self.claims.settled(path, run.identity) if forgotten_before is not None else None
-            if (settled is not None and forgotten_before is not None and self.claims.look(path) is None
-                    and forgotten_before - LOST_ACK_WINDOW <= settled[1] <= forgotten_before):
-                logger.info("[%s] %s answered it (%s) and its ack was confirmed just before the broker went "
-                            "away, which forgot that ack: settling without running it", run.label,
-                            settled[0].get("host"), settled[0]["destination"])
-                return str(settled[0]["destination"])
+            answer = self._answered(run, path, acking, forgotten_before)
+            if answer is not None:
+                return answer
             got = self.claims.claim(path, run.identity)
         except (OSError, UnsafePath) as err:
             logger.warning("[%s] cannot claim %s (%s): running it unclaimed", run.label, path, err)
@@ -71,6 +60,39 @@ class Leases:
         if self.due is None:
             self.due = time.monotonic() + self.config.lease_refresh_sec
         return None if run.claim is not None else "held"
+
+    def answered_elsewhere(self, run: Run, acking: Collection[Tuple[str, str]] = (),
+                           forgotten_before: Optional[float] = None) -> Optional[str]:
+        """The destination of the outcome some agent already confirmed for this very request
+        (its ACK never confirmed, or forgotten by the broker), or None: see ``claimed``."""
+        assert run.work is not None and run.processor is not None
+        if not run.processor.cancellable or self.config.communication_only:
+            return None
+        path = lease_path(self.config, run.work.payload, run.processor.name)
+        if path is None:
+            return None
+        try:
+            return self._answered(run, path, acking, forgotten_before)
+        except (OSError, UnsafePath):
+            return None
+
+    def _answered(self, run: Run, path: str, acking: Collection[Tuple[str, str]],
+                  forgotten_before: Optional[float]) -> Optional[str]:
+        done = self.claims.outcome(path, request=run.identity)
+        ours = (path, str(done.get("nonce"))) in acking if done is not None else False
+        if done is not None and not ours and self.claims.look(path) is None:
+            logger.info("[%s] %s confirmed its outcome (%s) but not its ack: settling without running it",
+                        run.label, done.get("host"), done["destination"])
+            run.done_ref = (path, str(done.get("nonce")))
+            return str(done["destination"])
+        settled = self.claims.settled(path, run.identity) if forgotten_before is not None else None
+        if (settled is not None and forgotten_before is not None and self.claims.look(path) is None
+                and forgotten_before - LOST_ACK_WINDOW <= settled[1] <= forgotten_before):
+            logger.info("[%s] %s answered it (%s) and its ack was confirmed just before the broker went "
+                        "away, which forgot that ack: settling without running it", run.label,
+                        settled[0].get("host"), settled[0]["destination"])
+            return str(settled[0]["destination"])
+        return None
 
     def tick(self, runs: RunTable) -> Tuple[List[Tuple[Run, str]], bool]:
         """Refresh our claims and look at held runs.
