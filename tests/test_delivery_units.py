@@ -13,6 +13,7 @@ import pytest
 from postprocessing.agent.agent import Agent
 from postprocessing.agent.observer import Observer
 from postprocessing.agent.runs import RunState
+from postprocessing.transport import broker_time
 from postprocessing.transport.memory import MemoryTransport
 from tests.support.memagent import QUEUE, bodies, body, make, settle_down, spin, step
 
@@ -628,3 +629,17 @@ def test_a_standing_cancel_meeting_a_copy_of_a_run_answered_elsewhere_settles_it
     settle_down(other)
     assert not bodies(broker, other.config.destination("postprocess_error")), "B answered a run A had answered"
     assert proc.ran == [] and first_proc.ran == ["1"]
+
+
+@pytest.mark.parametrize("kind, headers, expected", [
+    ("activemq", {"timestamp": "1796584236530"}, 1796584236530),
+    ("artemis", {"timestamp": "1796584236530", "timestamp_in_ms": "5"}, 1796584236530),
+    ("rabbitmq", {"timestamp": "1796584236", "timestamp_in_ms": "1796584236530"}, 1796584236530),
+    ("rabbitmq", {"timestamp": "1796584236530"}, None),
+    ("activemq", {"timestamp": "soon"}, None),
+])
+def test_the_broker_time_is_read_from_the_header_each_broker_stamps(kind, headers, expected):
+    """RabbitMQ's interceptor puts seconds in ``timestamp`` and ms in ``timestamp_in_ms``; on
+    ActiveMQ Classic and Artemis a producer's ``timestamp_in_ms`` is only a property, and on
+    RabbitMQ without the interceptor a producer's ``timestamp`` is not the broker's time."""
+    assert broker_time(kind, headers) == expected

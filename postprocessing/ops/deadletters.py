@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 REINJECTED_HEADER = "dlq-reinjected"
 #: Headers the broker sets; everything else a reinjected message keeps.
 BROKER_HEADERS = frozenset({
-    "message-id", "destination", "subscription", "ack", "timestamp", "expires", "redelivered",
+    "message-id", "destination", "subscription", "ack", "timestamp", "timestamp_in_ms", "expires", "redelivered",
     "content-length", "original-destination", "originalExpiration", "persistent", "priority",
     "_AMQ_ORIG_ADDRESS", "_AMQ_ORIG_QUEUE", "_AMQ_ORIG_MESSAGE_ID", "_AMQ_ORIG_ROUTING_TYPE",
     "_AMQ_ROUTING_TYPE", "dlqDeliveryFailureCause", "_AMQ_DLA_REASON", "destination-type", "receipt",

@@ -20,18 +20,25 @@ class Delivery:
     ack_id: str
     message_id: str
     epoch: int
+    #: When the broker took the message in (ms since the epoch), where it said: see
+    #: :func:`broker_time`.  A redelivery keeps its first time.
+    broker_time_ms: Optional[int] = None
 
     @property
     def redelivered(self) -> bool:
         return self.headers.get("redelivered", "false") == "true"
 
-    @property
-    def broker_time_ms(self) -> Optional[int]:
-        """When the broker took the message in (ms since the epoch), from the ``timestamp``
-        header that ActiveMQ Classic and Artemis stamp on every SEND; None where there is none
-        (RabbitMQ stamps nothing).  A redelivery keeps its first time."""
-        value = self.headers.get("timestamp", "")
-        return int(value) if value.isdigit() and int(value) > 0 else None
+
+def broker_time(kind: str, headers: Mapping[str, str]) -> Optional[int]:
+    """When the broker took a message in (ms since the epoch), or None where it does not say.
+
+    ActiveMQ Classic and Artemis stamp ``timestamp`` (ms) on every SEND.  RabbitMQ stamps
+    ``timestamp_in_ms`` only with its timestamp interceptor on (3.12+:
+    ``message_interceptors.incoming.set_header_timestamp.overwrite = true``; the community
+    ``rabbitmq_message_timestamp`` plugin before); its ``timestamp`` is then in seconds, and
+    otherwise whatever the producer put there."""
+    value = headers.get("timestamp_in_ms" if kind == "rabbitmq" else "timestamp", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 @dataclasses.dataclass(frozen=True)

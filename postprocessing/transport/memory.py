@@ -12,7 +12,7 @@ import time
 from typing import Deque, Dict, List, Mapping, Optional, Tuple
 
 from postprocessing.errors import NotConnected
-from postprocessing.transport import Delivery, Disconnected, Receipt, SendRefused, Sink
+from postprocessing.transport import Delivery, Disconnected, Receipt, SendRefused, Sink, broker_time
 
 _Message = Tuple[str, bytes, Dict[str, str]]
 
@@ -55,7 +55,7 @@ class MemoryTransport:
         #: Like Artemis: the connection is closed right after a refused send.
         self.close_on_refusal = False
         #: Like ActiveMQ Classic and Artemis: every message taken in gets a ``timestamp`` (ms);
-        #: RabbitMQ stamps nothing.
+        #: off, like a RabbitMQ without its timestamp interceptor.
         self.stamps_time = True
         #: destination -> (how many more sends to refuse, why): see :meth:`refuse`.
         self._refusals: Dict[str, Tuple[int, str]] = {}
@@ -220,4 +220,4 @@ class MemoryTransport:
             del self._held[sub_id][message_id]
             self._held[sub_id][delivery_id] = (message_id, body, headers)
         self._sink(Delivery(destination, body, dict(headers, **{"message-id": delivery_id}),
-                            sub_id, delivery_id, delivery_id, self.epoch))
+                            sub_id, delivery_id, delivery_id, self.epoch, broker_time(self.kind, headers)))

@@ -31,7 +31,7 @@ import stomp
 from stomp.exception import StompException
 
 from postprocessing.errors import NotConnected, TransportError
-from postprocessing.transport import Delivery, Disconnected, Receipt, SendRefused, Sink
+from postprocessing.transport import Delivery, Disconnected, Receipt, SendRefused, Sink, broker_time
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,7 @@ class _Listener(stomp.ConnectionListener):  # type: ignore[misc]
             ack_id=headers.get("ack", headers.get("message-id", "")),
             message_id=message_id,
             epoch=self.epoch,
+            broker_time_ms=broker_time(self.kind, headers),
         ))
 
     def on_receipt(self, frame: Any) -> None:
