@@ -6,6 +6,7 @@ its own process group, so a test can SIGKILL it as a crash would.  Everything it
 its work directory: no run leaves queues behind for the next one to recover.
 """
 
+import glob
 import os
 import shutil
 import subprocess
@@ -14,10 +15,13 @@ from typing import Dict, List, Optional
 from postprocessing.devtools.brokerproc import BrokerProcess, free_port
 
 RABBITMQ_LIB = "/usr/lib/rabbitmq/bin"
+#: The broker-time interceptor the nodes run (see pp_message_timestamp.erl), built from source.
+TIMESTAMP_PLUGIN = "pp_message_timestamp"
 
 
 def available() -> bool:
-    return os.path.exists(os.path.join(RABBITMQ_LIB, "rabbitmq-server")) and shutil.which("erl") is not None
+    return (os.path.exists(os.path.join(RABBITMQ_LIB, "rabbitmq-server")) and shutil.which("erl") is not None
+            and shutil.which("erlc") is not None)
 
 
 class LocalRabbitMQ(BrokerProcess):
@@ -27,8 +31,11 @@ class LocalRabbitMQ(BrokerProcess):
     title = "RabbitMQ"
 
     def __init__(self, workdir: str, port: Optional[int] = None, user: str = "guest", password: str = "guest",
-                 host: str = "127.0.0.1", management_port: Optional[int] = None) -> None:
+                 host: str = "127.0.0.1", management_port: Optional[int] = None, timestamps: bool = True) -> None:
         super().__init__(workdir, port, host)
+        #: Stamp every message with the broker's time, as a facility's RabbitMQ should
+        #: (docs/brokers.md); off, the node is Debian's RabbitMQ as installed.
+        self.timestamps = timestamps
         #: The management plugin's HTTP API on this port; the plugin is off without it.
         self.management_port = management_port
         self.amqp_port = free_port()
@@ -53,9 +60,33 @@ class LocalRabbitMQ(BrokerProcess):
             handle.write("default_user = %s\ndefault_pass = %s\n" % (self.user, self.password))
             if self.management_port is not None:
                 handle.write("management.tcp.ip = %s\nmanagement.tcp.port = %d\n" % (self.host, self.management_port))
+        plugins = ["rabbitmq_stomp"]
+        if self.management_port is not None:
+            plugins.append("rabbitmq_management")
+        if self.timestamps:
+            self._build_timestamp_plugin()
+            plugins.append(TIMESTAMP_PLUGIN)
         with open(self._plugins, "w", encoding="utf-8") as handle:
-            handle.write("[rabbitmq_stomp,rabbitmq_management].\n" if self.management_port is not None
-                         else "[rabbitmq_stomp].\n")
+            handle.write("[%s].\n" % ",".join(plugins))
+
+    def _build_timestamp_plugin(self) -> None:
+        """Compile the broker-time interceptor into a plugin directory of this node's own."""
+        system = _system_plugins()
+        ebin = os.path.join(self._own_plugins, TIMESTAMP_PLUGIN + "-1.0.0", "ebin")
+        os.makedirs(ebin, exist_ok=True)
+        common = glob.glob(os.path.join(system, "rabbit_common-*"))[0]
+        source = os.path.join(os.path.dirname(os.path.abspath(__file__)), TIMESTAMP_PLUGIN + ".erl")
+        subprocess.run(["erlc", "-I", os.path.join(common, "include"), "-pa", os.path.join(common, "ebin"),
+                        "-o", ebin, source], check=True, capture_output=True, timeout=120)
+        with open(os.path.join(ebin, TIMESTAMP_PLUGIN + ".app"), "w", encoding="utf-8") as handle:
+            handle.write('{application, %s, [{description, "broker time on published messages"}, '
+                         '{vsn, "1.0.0"}, {modules, [%s]}, {registered, []}, '
+                         '{applications, [kernel, stdlib, rabbit]}, {env, []}]}.\n'
+                         % (TIMESTAMP_PLUGIN, TIMESTAMP_PLUGIN))
+
+    @property
+    def _own_plugins(self) -> str:
+        return os.path.join(self.workdir, "plugins")
 
     @property
     def _conf(self) -> str:
@@ -71,6 +102,7 @@ class LocalRabbitMQ(BrokerProcess):
             RABBITMQ_DIST_PORT=str(self.dist_port), RABBITMQ_CONFIG_FILE=self._conf,
             RABBITMQ_ENABLED_PLUGINS_FILE=self._plugins, RABBITMQ_MNESIA_BASE=os.path.join(self.workdir, "mnesia"),
             RABBITMQ_LOG_BASE=os.path.join(self.workdir, "log"),
+            RABBITMQ_PLUGINS_DIR="%s:%s" % (_system_plugins(), self._own_plugins),
         )
 
     def ctl(self, *args: str, timeout: float = 60.0) -> str:
@@ -81,3 +113,11 @@ class LocalRabbitMQ(BrokerProcess):
 
     def command(self) -> List[str]:
         return [os.path.join(RABBITMQ_LIB, "rabbitmq-server")]
+
+
+def _system_plugins() -> str:
+    """The plugin directory of the installed RabbitMQ."""
+    found = sorted(glob.glob("/usr/lib/rabbitmq/lib/rabbitmq_server-*/plugins"))
+    if not found:
+        raise FileNotFoundError("no RabbitMQ plugins under /usr/lib/rabbitmq/lib")
+    return found[-1]
