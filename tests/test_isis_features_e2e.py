@@ -145,6 +145,7 @@ def test_a_standing_cancel_does_not_stop_a_run_requested_after_it(make_agent, fa
     assert client.wait(agent.q("reduction_complete"))[0]["run_number"] == "4"
     assert not client.get(agent.q("reduction_error"))
     assert "this request was sent" in agent.log() and "the cancel stands on" in agent.log()
+    assert "stamps no broker time" not in agent.log()
 
 
 @pytest.mark.rabbitmq_only
@@ -161,6 +162,7 @@ def test_without_broker_times_a_standing_cancel_stops_the_next_request(make_agen
         cancel_then_request(agent, facility, watcher)
         assert watcher.wait(agent.q("reduction_error"))[0]["cancelled_by"] == "Requested by carol"
         assert not watcher.get(agent.q("reduction_complete"))
+        assert agent.log().count("RabbitMQ stamps no broker time") == 1
     finally:
         watcher.close()
 

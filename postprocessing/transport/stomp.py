@@ -85,8 +85,12 @@ def delayed(kind: str, destination: str, headers: Dict[str, str]) -> str:
 class _Listener(stomp.ConnectionListener):  # type: ignore[misc]
     """Runs on stomp.py's receiver thread: it only records and enqueues."""
 
-    def __init__(self, epoch: int, sink: Sink, broker_type: str, routes: Dict[str, str]) -> None:
+    def __init__(self, epoch: int, sink: Sink, broker_type: str, routes: Dict[str, str],
+                 untimed_told: threading.Event) -> None:
         self.epoch = epoch
+        #: Set once the log has said that this RabbitMQ stamps no broker time (shared by the
+        #: transport's connections, so it is said once).
+        self.untimed_told = untimed_told
         self.sink = sink
         self.broker_type = broker_type
         self.kind = broker_type
@@ -121,6 +125,12 @@ class _Listener(stomp.ConnectionListener):  # type: ignore[misc]
         message_id = headers.get("message-id", "")
         if self.kind == "artemis":
             message_id = message_id.rpartition(",")[2]
+        sent_ms = broker_time(self.kind, headers)
+        if sent_ms is None and self.kind == "rabbitmq" and not self.untimed_told.is_set():
+            self.untimed_told.set()
+            logger.warning("RabbitMQ stamps no broker time on its messages (timestamp_in_ms): a standing cancel "
+                           "then stops any request for its run that comes within cancel_window_sec. Turn on "
+                           "RabbitMQ's timestamp interceptor (docs/brokers.md)")
         self.sink(Delivery(
             destination=self.routes.get(subscription, headers.get("destination", "")),
             body=body,
@@ -129,7 +139,7 @@ class _Listener(stomp.ConnectionListener):  # type: ignore[misc]
             ack_id=headers.get("ack", headers.get("message-id", "")),
             message_id=message_id,
             epoch=self.epoch,
-            broker_time_ms=broker_time(self.kind, headers),
+            broker_time_ms=sent_ms,
         ))
 
     def on_receipt(self, frame: Any) -> None:
@@ -166,6 +176,7 @@ class StompTransport:
         self._conn: Optional[Any] = None
         self._routes: Dict[str, str] = {}
         self._instance = uuid.uuid4().hex
+        self._untimed_told = threading.Event()
         self.kind = broker_type if broker_type != "auto" else "activemq"
         self.epoch = 0
         self.connected_to = ""
@@ -188,7 +199,7 @@ class StompTransport:
         for index, (host, port) in enumerate(self._brokers):
             epoch = self.epoch + 1
             routes: Dict[str, str] = {}
-            listener = _Listener(epoch, self._sink, self._broker_type, routes)
+            listener = _Listener(epoch, self._sink, self._broker_type, routes, self._untimed_told)
             conn = stomp.Connection12(
                 host_and_ports=[(host, port)], heartbeats=(self._heartbeat_ms, self._heartbeat_ms),
                 reconnect_attempts_max=1, timeout=self._timeout, auto_decode=False, vhost=self._vhost,
