@@ -643,3 +643,30 @@ def test_the_broker_time_is_read_from_the_header_each_broker_stamps(kind, header
     ActiveMQ Classic and Artemis a producer's ``timestamp_in_ms`` is only a property, and on
     RabbitMQ without the interceptor a producer's ``timestamp`` is not the broker's time."""
     assert broker_time(kind, headers) == expected
+
+
+def test_a_waiting_run_cancelled_here_is_not_run_or_answered_again_elsewhere(tmp_path):
+    """Promises 3 and 4 (fault harness, RabbitMQ seed 824902): A answered a cancel for a run
+    that waited for a slot, and its ACK was lost; the broker gave the run to B.  B must settle
+    it from A's answer: neither run it nor answer it again."""
+    first, first_broker, first_proc = make(data_root=str(tmp_path), max_procs=2, jobs_per_instrument=1)
+    first.run_once(0)
+    first_broker.publish(QUEUE, body(n="x", inst="CNCS"))
+    spin(first, lambda: bodies(first_broker, "/queue/STARTED"))
+    first_broker.publish(QUEUE, CLAIMED_RUN)
+    spin(first, lambda: first.runs.in_state(RunState.WAITING))
+    first_broker.lose_acks = True
+    first_broker.topic(FANOUT, body(cancel=True, instrument="CNCS", run_number="1"))
+    error = first.config.destination("postprocess_error")
+    spin(first, lambda: bodies(first_broker, error) and len(first.runs) == 1)
+    settle_down(first)
+
+    other, broker, proc = make(data_root=str(tmp_path))
+    proc.gate.set()
+    other.run_once(0)
+    broker.publish(QUEUE, CLAIMED_RUN, {"redelivered": "true"})
+    spin(other, lambda: broker.acked)
+    settle_down(other)
+    assert proc.ran == [] and not bodies(broker, "/queue/DONE"), "B ran a run A had answered"
+    assert not bodies(broker, error), "B answered it again"
+    assert len(bodies(first_broker, error)) == 1 and first_proc.ran == []

@@ -550,13 +550,23 @@ class Agent:
     def _cancel_not_running(self, run: Run, who: str) -> None:
         """A cancel met a run that does not run here.  A copy of a request another agent already
         answered is settled from that answer; a run a live agent runs is held for it, the cancel
-        handed over; otherwise the cancel is answered here."""
+        handed over; otherwise this agent claims the run and answers the cancel, so that the
+        answer stands beside the claim for a copy of the request redelivered elsewhere."""
         assert run.work is not None and run.processor is not None
-        answer = self.leases.answered_elsewhere(run, self.acks.done_files_in_flight(), self._forgotten_before(run))
+        acking, forgotten = self.acks.done_files_in_flight(), self._forgotten_before(run)
+        answer = self.leases.answered_elsewhere(run, acking, forgotten)
+        if answer is None:
+            if self.leases.hand_cancel(run, who):
+                return
+            answer = self.leases.claimed(run, acking, forgotten)
+            if answer == "held":  # claimed by another agent since: the cancel is that agent's
+                if self.leases.hand_cancel(run, who):
+                    return
+                run.state, run.watch, answer = RunState.WAITING, None, None
         if answer is not None:
             self.journal.confirmed(run.row, answer)
             self._settle(run)
-        elif not self.leases.hand_cancel(run, who):
+        else:
             self._finish(run, run.processor.cancelled(run.work, who))
 
     # -- fleet status and control (status.py, control.py) ---------------------------------
