@@ -670,3 +670,32 @@ def test_a_waiting_run_cancelled_here_is_not_run_or_answered_again_elsewhere(tmp
     assert proc.ran == [] and not bodies(broker, "/queue/DONE"), "B ran a run A had answered"
     assert not bodies(broker, error), "B answered it again"
     assert len(bodies(first_broker, error)) == 1 and first_proc.ran == []
+
+
+def test_a_claim_stays_fresh_while_its_outcome_waits_for_the_broker(tmp_path):
+    """Promises 2 and 3: A's job ended while A was cut off from the broker, so its outcome waits
+    to be sent; the broker gave the run to B.  A's claim must stay fresh meanwhile: B holds the
+    copy for A's answer instead of taking a stale claim over and running the job again."""
+    first, first_broker, first_proc = make(data_root=str(tmp_path), lease_refresh_sec=0.1, lease_stale_sec=0.6)
+    first.run_once(0)
+    first_broker.publish(QUEUE, CLAIMED_RUN)
+    spin(first, lambda: bodies(first_broker, "/queue/STARTED"))
+    first_broker.refuse_connect = True
+    first_broker.drop_connection("cut off")
+    first_broker.queues[QUEUE].clear()
+    first_proc.gate.set()
+    spin(first, lambda: first.runs.in_state(RunState.FINISHING))
+
+    other, broker, proc = make(data_root=str(tmp_path), lease_refresh_sec=0.1, lease_stale_sec=0.6)
+    proc.gate.set()
+    other.run_once(0)
+    broker.publish(QUEUE, CLAIMED_RUN, {"redelivered": "true"})
+    spin(other, lambda: other.runs.in_state(RunState.HELD))
+    until = time.monotonic() + 2.0
+    while time.monotonic() < until:
+        step(first, other)
+    assert proc.ran == [], "B took over the claim of a run whose outcome A still holds"
+    first_broker.refuse_connect = False
+    spin(first, lambda: step(first, other) and bool(bodies(first_broker, "/queue/DONE")) and broker.acked)
+    settle_down(other)
+    assert proc.ran == [] and not bodies(broker, "/queue/DONE") and first_proc.ran == ["1"]

@@ -95,7 +95,8 @@ class Leases:
         return None
 
     def tick(self, runs: RunTable) -> Tuple[List[Tuple[Run, str]], bool]:
-        """Refresh our claims and look at held runs.
+        """Refresh our claims (of runs running, or whose outcome waits for the broker) and look
+        at held runs.
 
         Returns the held runs their claimant answered (with the outcome's destination), to
         settle, and whether a held run is free to run here now (back to WAITING)."""
@@ -103,7 +104,12 @@ class Leases:
         answered: List[Tuple[Run, str]] = []
         freed = False
         for run in runs:
-            if run.claim is not None and run.state is RunState.RUNNING and not run.claim_lost:
+            if run.claim is not None and run.state is RunState.FINISHING and not run.claim_lost:
+                if not self.claims.refresh(run.claim):
+                    run.claim_lost = True
+                    logger.warning("[%s] its claim was taken over while its outcome waited for the broker",
+                                   run.label)
+            elif run.claim is not None and run.state is RunState.RUNNING and not run.claim_lost:
                 if not self.claims.refresh(run.claim) and run.ctx is not None:
                     run.claim_lost = True
                     run.ctx.cancel("its claim was lost")
@@ -117,7 +123,8 @@ class Leases:
                 if destination is not None:
                     answered.append((run, destination))
                 freed = freed or run.state is RunState.WAITING
-        if any(r.watch is not None or (r.claim is not None and r.state is RunState.RUNNING) for r in runs):
+        if any(r.watch is not None or (r.claim is not None and r.state in (RunState.RUNNING, RunState.FINISHING))
+               for r in runs):
             self.due = time.monotonic() + self.config.lease_refresh_sec
         return answered, freed
 
