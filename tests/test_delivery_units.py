@@ -699,3 +699,25 @@ def test_a_claim_stays_fresh_while_its_outcome_waits_for_the_broker(tmp_path):
     spin(first, lambda: step(first, other) and bool(bodies(first_broker, "/queue/DONE")) and broker.acked)
     settle_down(other)
     assert proc.ran == [] and not bodies(broker, "/queue/DONE") and first_proc.ran == ["1"]
+
+
+def test_a_later_request_redelivered_after_a_forgotten_ack_runs(tmp_path):
+    """Promise 1 (fault harness in CI, RabbitMQ seed 533601): A answered and acked run 1 just
+    before the broker's SIGKILL.  Half a minute later the run's next request, held by an agent
+    that was then partitioned, comes to B redelivered (here without waiting the half minute: the
+    broker's stamp says it).  The broker stamped it long after that ACK, so it is not the message
+    whose ACK the broker forgot: it runs."""
+    run = body(n="1", inst="CNCS", ipts="IPTS-1", data_file="/SNS/CNCS/IPTS-1/nexus/CNCS_1.nxs.h5")
+    answered_and_acked_by_another_agent(tmp_path, run)
+
+    other, broker, proc = make(data_root=str(tmp_path))
+    broker.forgets_confirmed_acks = True
+    proc.gate.set()
+    other.run_once(0)
+    broker.drop_connection("broker SIGKILLed")
+    spin(other, lambda: other.connected)
+    stamped_later = str(int((time.time() + 30) * 1000))
+    broker.publish(QUEUE, run, {"redelivered": "true", "timestamp": stamped_later})
+    spin(other, lambda: broker.acked)
+    assert proc.ran == ["1"], "a later request was taken for a forgotten ACK"
+    assert len(bodies(broker, "/queue/DONE")) == 1

@@ -28,7 +28,7 @@ from postprocessing.agent.heartbeat import heartbeat_body
 from postprocessing.agent.holding import Holding
 from postprocessing.agent.jobthread import job_logger, publisher, start_job
 from postprocessing.agent.journal import Journal, identity
-from postprocessing.agent.leases import Leases
+from postprocessing.agent.leases import Leases, sent_by
 from postprocessing.agent.link import BrokerLink
 from postprocessing.agent.observer import Observer
 from postprocessing.agent.outbox import Outbox
@@ -287,7 +287,7 @@ class Agent:
             return
         if taken is not None:
             logger.info("message %s repeats a run settled elsewhere since: a new request", logsafe.text(d.message_id))
-        elif d.redelivered and not in_flight and self._ack_lost_by_broker(ident, d.epoch):
+        elif d.redelivered and not in_flight and self._ack_lost_by_broker(ident, d.epoch, d.broker_time_ms):
             logger.info("message %s repeats a run acked just before the broker went away, which lost that ack: "
                         "acknowledging", logsafe.text(d.message_id))
             self.observer.duplicate_delivery("lost_ack")
@@ -497,13 +497,14 @@ class Agent:
         self._ack(run.delivery, run.identity, run.row, run.done_ref)
         self._reconcile()
 
-    def _ack_lost_by_broker(self, ident: str, epoch: int) -> bool:
+    def _ack_lost_by_broker(self, ident: str, epoch: int, sent_ms: Optional[int]) -> bool:
         """Whether this redelivery is a message whose confirmed ACK the broker forgot (acks.py):
-        not if anyone claimed or answered its run since that ACK (then it is a later request)."""
+        not if anyone claimed or answered its run since that ACK, nor if the broker stamped it after
+        that ACK (then it is a later request)."""
         if not self.transport.forgets_confirmed_acks:
             return False
         lost = self.acks.lost_by_broker(ident, epoch)
-        return lost is not None and not self.leases.touched_since(*lost)
+        return lost is not None and sent_by(sent_ms, lost[1]) and not self.leases.touched_since(*lost)
 
     def _ack(self, d: Delivery, ident: str, row: int, done_ref: Optional[Tuple[str, str]] = None) -> None:
         """ACK with a receipt: until it comes, the journal (and the done file) keep the run "maybe not acked"."""

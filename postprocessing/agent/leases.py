@@ -17,6 +17,14 @@ from postprocessing.safefiles import UnsafePath
 logger = logging.getLogger(__name__)
 
 
+def sent_by(sent_ms: Optional[int], when: float) -> bool:
+    """Whether a message the broker stamped ``sent_ms`` (None: unknown) may have been sent by
+    ``when`` (wall clock), allowing ``LOST_ACK_WINDOW`` for the broker's clock.  A message
+    whose ACK the broker forgot was sent before it was answered; one stamped later is a later
+    request."""
+    return sent_ms is None or sent_ms / 1000.0 <= when + LOST_ACK_WINDOW
+
+
 class Leases:
     def __init__(self, config: Config, claims: Claims) -> None:
         self.config = config
@@ -87,7 +95,8 @@ class Leases:
             return str(done["destination"])
         settled = self.claims.settled(path, run.identity) if forgotten_before is not None else None
         if (settled is not None and forgotten_before is not None and self.claims.look(path) is None
-                and forgotten_before - LOST_ACK_WINDOW <= settled[1] <= forgotten_before):
+                and forgotten_before - LOST_ACK_WINDOW <= settled[1] <= forgotten_before
+                and sent_by(run.delivery.broker_time_ms, settled[1])):
             logger.info("[%s] %s answered it (%s) and its ack was confirmed just before the broker went "
                         "away, which forgot that ack: settling without running it", run.label,
                         settled[0].get("host"), settled[0]["destination"])
