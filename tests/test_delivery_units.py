@@ -61,6 +61,20 @@ def answered_and_acked_by_another_agent(tmp_path: Any, run: bytes) -> None:
     settle_down(first)
 
 
+def acked_elsewhere_then_the_broker_died(tmp_path: Any) -> Tuple[bytes, Agent, MemoryTransport, Any]:
+    """A answered and acked run 1; then B's broker, which forgets ACKs confirmed just before a
+    SIGKILL (RabbitMQ), died and B reconnected: the run's body, B, B's broker and B's processor."""
+    run = body(n="1", inst="CNCS", ipts="IPTS-1", data_file="/SNS/CNCS/IPTS-1/nexus/CNCS_1.nxs.h5")
+    answered_and_acked_by_another_agent(tmp_path, run)
+    other, broker, proc = make(data_root=str(tmp_path))
+    broker.forgets_confirmed_acks = True
+    proc.gate.set()
+    other.run_once(0)
+    broker.drop_connection("broker SIGKILLed")
+    spin(other, lambda: other.connected)
+    return run, other, broker, proc
+
+
 def test_busy_agent_takes_work_into_free_slots_after_a_reconnect():
     """Promise 7: one long job of 3 slots, broker restart; two new runs must start at once."""
     agent, transport, proc = make(max_procs=3)
@@ -565,15 +579,7 @@ def test_a_run_whose_ack_rabbitmq_forgot_is_not_run_again_by_another_agent(tmp_p
     """Promise 4 (fault harness in CI, RabbitMQ seed 249649): A answered and acked run 1 a moment
     before RabbitMQ was SIGKILLed; the broker forgot the ACK and gave the message, redelivered,
     to B.  B sees A's settled claim from just before its own connection dropped: no second run."""
-    run = body(n="1", inst="CNCS", ipts="IPTS-1", data_file="/SNS/CNCS/IPTS-1/nexus/CNCS_1.nxs.h5")
-    answered_and_acked_by_another_agent(tmp_path, run)
-
-    other, broker, proc = make(data_root=str(tmp_path))
-    broker.forgets_confirmed_acks = True
-    proc.gate.set()
-    other.run_once(0)
-    broker.drop_connection("broker SIGKILLed")
-    spin(other, lambda: other.connected)
+    run, other, broker, proc = acked_elsewhere_then_the_broker_died(tmp_path)
     answered_elsewhere_then_a_repeat_runs(other, broker, proc, run)
 
 
@@ -707,15 +713,7 @@ def test_a_later_request_redelivered_after_a_forgotten_ack_runs(tmp_path):
     that was then partitioned, comes to B redelivered (here without waiting the half minute: the
     broker's stamp says it).  The broker stamped it long after that ACK, so it is not the message
     whose ACK the broker forgot: it runs."""
-    run = body(n="1", inst="CNCS", ipts="IPTS-1", data_file="/SNS/CNCS/IPTS-1/nexus/CNCS_1.nxs.h5")
-    answered_and_acked_by_another_agent(tmp_path, run)
-
-    other, broker, proc = make(data_root=str(tmp_path))
-    broker.forgets_confirmed_acks = True
-    proc.gate.set()
-    other.run_once(0)
-    broker.drop_connection("broker SIGKILLed")
-    spin(other, lambda: other.connected)
+    run, other, broker, proc = acked_elsewhere_then_the_broker_died(tmp_path)
     stamped_later = str(int((time.time() + 30) * 1000))
     broker.publish(QUEUE, run, {"redelivered": "true", "timestamp": stamped_later})
     spin(other, lambda: broker.acked)
