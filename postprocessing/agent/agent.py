@@ -549,21 +549,18 @@ class Agent:
             self._reconcile()
 
     def _cancel_not_running(self, run: Run, who: str) -> None:
-        """A cancel met a run that does not run here.  A copy of a request another agent already
-        answered is settled from that answer; a run a live agent runs is held for it, the cancel
-        handed over; otherwise this agent claims the run and answers the cancel, so that the
-        answer stands beside the claim for a copy of the request redelivered elsewhere."""
+        """A cancel met a run that does not run here.  A run a live agent runs is held for it,
+        the cancel handed over; a copy of a request another agent already answered is settled
+        from that answer (``Leases.claimed``); otherwise this agent claims the run and answers
+        the cancel, so that the answer stands beside the claim for a copy redelivered elsewhere."""
         assert run.work is not None and run.processor is not None
-        acking, forgotten = self.acks.done_files_in_flight(), self._forgotten_before(run)
-        answer = self.leases.answered_elsewhere(run, acking, forgotten)
-        if answer is None:
+        if self.leases.hand_cancel(run, who):
+            return
+        answer = self.leases.claimed(run, self.acks.done_files_in_flight(), self._forgotten_before(run))
+        if answer == "held":  # claimed by another agent since: the cancel is that agent's
             if self.leases.hand_cancel(run, who):
                 return
-            answer = self.leases.claimed(run, acking, forgotten)
-            if answer == "held":  # claimed by another agent since: the cancel is that agent's
-                if self.leases.hand_cancel(run, who):
-                    return
-                run.state, run.watch, answer = RunState.WAITING, None, None
+            run.state, run.watch, answer = RunState.WAITING, None, None
         if answer is not None:
             self.journal.confirmed(run.row, answer)
             self._settle(run)

@@ -69,21 +69,6 @@ class Leases:
             self.due = time.monotonic() + self.config.lease_refresh_sec
         return None if run.claim is not None else "held"
 
-    def answered_elsewhere(self, run: Run, acking: Collection[Tuple[str, str]] = (),
-                           forgotten_before: Optional[float] = None) -> Optional[str]:
-        """The destination of the outcome some agent already confirmed for this very request
-        (its ACK never confirmed, or forgotten by the broker), or None: see ``claimed``."""
-        assert run.work is not None and run.processor is not None
-        if not run.processor.cancellable or self.config.communication_only:
-            return None
-        path = lease_path(self.config, run.work.payload, run.processor.name)
-        if path is None:
-            return None
-        try:
-            return self._answered(run, path, acking, forgotten_before)
-        except (OSError, UnsafePath):
-            return None
-
     def _answered(self, run: Run, path: str, acking: Collection[Tuple[str, str]],
                   forgotten_before: Optional[float]) -> Optional[str]:
         done = self.claims.outcome(path, request=run.identity)
