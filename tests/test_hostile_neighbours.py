@@ -125,7 +125,13 @@ def test_code_planted_in_the_proposal_area_is_not_run(make_agent, facility, clie
     assert not info["vars_dir"].startswith(facility.root)
     record = json.load(open(os.path.join(log_dir, "CNCS_1.nxs.h5.vars.json")))
     assert record["standard_vars"] == {"a": 1}
-    # the run's claim (docs/delivery.md): released once its outcome is confirmed, settled once its ACK is
+    # the run's claim (docs/delivery.md): released once its outcome is confirmed, settled once its ACK is;
+    # the client can see the outcome before the agent has its receipt, so wait for the claim to settle
+    settled = os.path.join(log_dir, "CNCS_1.nxs.h5.reduction.lease.settled")
+    deadline = time.monotonic() + 30
+    while not os.path.exists(settled):
+        assert time.monotonic() < deadline, sorted(os.listdir(log_dir))
+        time.sleep(0.05)
     claims = (".lease", ".done", ".settled")
     assert sorted(n for n in os.listdir(log_dir) if not n.endswith(claims)) == [
         "CNCS_1.nxs.h5.log", "CNCS_1.nxs.h5.vars.json", "json.py", "reduce_helper.py", "reduce_vars.py"]
