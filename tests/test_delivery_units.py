@@ -5,6 +5,8 @@ for every delivery (RabbitMQ, Artemis).
 """
 
 import json
+import subprocess
+import sys
 import time
 from typing import Any, List, Tuple
 
@@ -719,3 +721,31 @@ def test_a_later_request_redelivered_after_a_forgotten_ack_runs(tmp_path):
     spin(other, lambda: broker.acked)
     assert proc.ran == ["1"], "a later request was taken for a forgotten ACK"
     assert len(bodies(broker, "/queue/DONE")) == 1
+
+
+def test_a_restarted_agent_releases_the_claims_of_its_crashed_predecessor(tmp_path):
+    """Promise 1 without a minute's stall (fault harness, agents on hosts of their own): A, on
+    host a, was running run 1 when it was killed; the broker gave the run to B on host b, which
+    holds it for A's claim (b cannot see a's processes).  A's agent, restarted on host a with
+    A's journal, finds that claim's process dead and releases it: B runs the run at once, not
+    after ``lease_stale_sec``."""
+    data, journal = str(tmp_path), str(tmp_path / "a.journal")
+    first, first_broker, first_proc = make(journal=journal, hostname="a", data_root=data)
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    first.leases.claims.pid = gone.pid  # A's process: dead once the test is done with it
+    first.run_once(0)
+    first_broker.publish(QUEUE, CLAIMED_RUN)
+    spin(first, lambda: bodies(first_broker, "/queue/STARTED"))
+
+    other, broker, proc = make(hostname="b", data_root=data, lease_refresh_sec=0.1, lease_stale_sec=60)
+    proc.gate.set()
+    other.run_once(0)
+    broker.publish(QUEUE, CLAIMED_RUN, {"redelivered": "true"})
+    spin(other, lambda: other.runs.in_state(RunState.HELD))
+    settle_down(other)
+    assert proc.ran == [], "B ran a run whose claimant it cannot tell dead"
+    make(journal=journal, hostname="a", data_root=data)
+    spin(other, lambda: bodies(broker, "/queue/DONE") and broker.acked)
+    assert proc.ran == ["1"]
+    first_proc.gate.set()

@@ -36,6 +36,19 @@ def test_an_acked_run_answers_nothing_and_survives_a_restart_for_cancels(tmp_pat
     assert not again.settled_since("INST/8", time.time() - 10)
 
 
+def test_the_claims_of_runs_running_at_a_crash_are_handed_to_the_next_agent_once(tmp_path):
+    path = str(tmp_path / "j.db")
+    journal = Journal(path, keep_sec=60)
+    running = journal.accepted(identity("/queue/A", b"1"), None)
+    journal.running(running, "/data/reduction_log/\udcff.lease\nnonce1")
+    finished = journal.accepted(identity("/queue/A", b"2"), None)
+    journal.running(finished, "/data/reduction_log/b.lease\nnonce2")
+    journal.confirmed(finished, "/queue/DONE", "/data/reduction_log/b.lease\nnonce2")
+    journal.close()
+    assert Journal(path, keep_sec=60).abandoned_claims == ["/data/reduction_log/\udcff.lease\nnonce1"]
+    assert Journal(path, keep_sec=60).abandoned_claims == []
+
+
 def test_a_request_sent_back_for_a_data_retry_is_not_settled_for_cancels(tmp_path):
     journal = Journal(str(tmp_path / "j.db"), keep_sec=60)
     row = journal.accepted(identity("/queue/A", b"y"), "INST/9")

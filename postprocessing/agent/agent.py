@@ -75,6 +75,7 @@ class Agent:
         self.journal = Journal(config.journal_path, config.journal_keep_sec)
         self.cancel_desk = CancelDesk(config, hostname, self.transport, self.journal)
         self.leases = Leases(config, Claims(config, hostname, self.pid))
+        self.leases.release_abandoned(self.journal.abandoned_claims)
         self._keys = itertools.count(1)
         self.acks = AckBook()
         self.stopping = False
@@ -422,7 +423,7 @@ class Agent:
         self.slots.start(run.instrument, run.proposal)
         run.state = RunState.RUNNING
         run.started_at = time.monotonic()
-        self.journal.running(run.row)
+        self.journal.running(run.row, self.leases.ref(run))
         self.observer.job_started(run.processor.name)
         run.ctx = JobContext(self.config, self.hostname, run.work, publisher(self.inbox), self.job_env,
                              job_logger)

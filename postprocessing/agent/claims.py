@@ -113,7 +113,7 @@ class Claims:
                 watch = self.look(path)
                 if watch is None:
                     continue  # it went away meanwhile: try again
-                if not self._dead_here(watch):
+                if not self.dead_here(watch):
                     return watch
                 logger.info("claim %s: its claimant (pid %d on this host) is dead; taking over", path, watch.pid)
                 self.break_lease(watch)
@@ -218,7 +218,7 @@ class Claims:
             watch.nonce, watch.mtime, watch.since = current.nonce, current.mtime, current.since
             watch.host, watch.pid = current.host, current.pid
             return "live"
-        if self._dead_here(watch) or time.monotonic() - watch.since >= self.config.lease_stale_sec:
+        if self.dead_here(watch) or time.monotonic() - watch.since >= self.config.lease_stale_sec:
             return "stale"
         return "live"
 
@@ -298,7 +298,7 @@ class Claims:
         return path + ".cancel"
 
     # -- helpers -------------------------------------------------------------------------
-    def _dead_here(self, watch: Watch) -> bool:
+    def dead_here(self, watch: Watch) -> bool:
         """Whether the lease belongs to a process of this host that is gone."""
         if watch.host != self.host or watch.pid <= 0 or watch.pid == self.pid:
             return False

@@ -17,7 +17,7 @@ import logging
 import os
 import sqlite3
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from postprocessing.errors import ConfigError
 
@@ -76,8 +76,13 @@ class Journal:
                                               "move it aside" % (path, ", ".join(sorted(_COLUMNS - columns))))
         self._next_prune = 0.0
         # Whatever was accepted or running when the last agent stopped did not finish: its
-        # message went back to the broker, and its next delivery runs it again.
-        self._db.execute("UPDATE runs SET state = ? WHERE state IN (?, ?)", ("abandoned", ACCEPTED, RUNNING))
+        # message went back to the broker, and its next delivery runs it again.  The claims
+        # those runs held (see Leases.release_abandoned) are for this agent to release.
+        found = self._db.execute("SELECT claim FROM runs WHERE state IN (?, ?) AND claim IS NOT NULL",
+                                 (ACCEPTED, RUNNING)).fetchall()
+        self.abandoned_claims: List[str] = [bytes(row[0]).decode("utf-8", "surrogateescape") for row in found]
+        self._db.execute("UPDATE runs SET state = ?, claim = NULL WHERE state IN (?, ?)",
+                         ("abandoned", ACCEPTED, RUNNING))
 
     def close(self) -> None:
         self._db.close()
@@ -91,8 +96,11 @@ class Journal:
         """What a cancel would name the run by (see cancels.run_ref)."""
         self._db.execute("UPDATE runs SET run_ref = ? WHERE id = ?", (run_ref, row))
 
-    def running(self, row: int) -> None:
-        self._set(row, RUNNING)
+    def running(self, row: int, claim: Optional[str] = None) -> None:
+        """The run's job starts; ``claim`` references the claim it holds on the shared filesystem."""
+        raw = claim.encode("utf-8", "surrogateescape") if claim is not None else None
+        self._db.execute("UPDATE runs SET state = ?, claim = ?, updated = ? WHERE id = ?",
+                         (RUNNING, raw, time.time(), row))
 
     def confirmed(self, row: int, destination: str, claim: Optional[str] = None, answered: bool = True) -> None:
         """The run's outcome is safe at the broker; its ack is not confirmed yet.

@@ -6,8 +6,9 @@ It changes runs' states; the loop (agent.py) settles and starts them.
 
 import logging
 import time
-from typing import Collection, List, Optional, Tuple
+from typing import Collection, Iterable, List, Optional, Tuple
 
+from postprocessing import logsafe
 from postprocessing.agent.acks import LOST_ACK_WINDOW
 from postprocessing.agent.claims import Claim, Claims, lease_path
 from postprocessing.agent.runs import Run, RunState, RunTable
@@ -157,13 +158,36 @@ class Leases:
             self.due = time.monotonic() + self.config.lease_refresh_sec
         return True
 
+    @staticmethod
+    def ref(run: Run) -> Optional[str]:
+        """The journal's reference to the claim ``run`` holds (None: it holds none)."""
+        return "%s\n%s" % (run.claim.path, run.claim.nonce) if run.claim is not None else None
+
+    def release_abandoned(self, refs: Iterable[str]) -> None:
+        """Remove the claims of runs this host's previous agent was running when it died.
+
+        The copies of those runs the broker gave to agents on other hosts are held for the
+        claims; released now, they run there at once instead of after ``lease_stale_sec``.
+        A claim that changed hands, or whose process lives, is left alone."""
+        for ref in refs:
+            path, _sep, nonce = ref.partition("\n")
+            try:
+                watch = self.claims.look(path)
+                if watch is None or watch.nonce != nonce or not self.claims.dead_here(watch):
+                    continue
+                logger.info("releasing the claim %s of pid %d, this host's agent before a restart",
+                            logsafe.text(path), watch.pid)
+                self.claims.break_lease(watch)
+            except (OSError, UnsafePath) as err:
+                logger.warning("could not release the claim %s: %s", logsafe.text(path), err)
+
     def release(self, run: Run, destination: str, body: object, resend: bool = False) -> Optional[str]:
         """The run's outcome (``resend``: its request sent back for a later attempt) is confirmed:
         leave it beside the lease; returns the journal's claim reference."""
         if run.claim is None:
             return None
         self.claims.release(run.claim, run.identity, destination, body if isinstance(body, dict) else None, resend)
-        return "%s\n%s" % (run.claim.path, run.claim.nonce)
+        return self.ref(run)
 
     def still_unacked(self, claim_ref: Optional[str]) -> Optional[Tuple[str, str]]:
         """For a journal record: its done file, if nobody has acked its message since (None: gone).

@@ -61,9 +61,9 @@ class Gate(Processor):
         return ctx.reply("/queue/DONE")
 
 
-def make(transport: Optional[MemoryTransport] = None, journal: str = "",
+def make(transport: Optional[MemoryTransport] = None, journal: str = "", hostname: str = "host",
          **overrides: Any) -> Tuple[Agent, MemoryTransport, Gate]:
-    """An agent with its own journal (or ``journal``), on a new broker (or on ``transport``)."""
+    """An agent on ``hostname`` with its own journal (or ``journal``), on a new broker (or on ``transport``)."""
     cfg = Config(reduction_data_ready="WORK", admission_max_load_per_cpu=0, admission_min_free_mem_perc=0,
                  heartbeat_interval_sec=60, reconnect_initial_sec=0.01,
                  journal_path=journal or os.path.join(tempfile.mkdtemp(dir=_JOURNALS), "journal.db"),
@@ -78,8 +78,8 @@ def make(transport: Optional[MemoryTransport] = None, journal: str = "",
             holder["t"] = MemoryTransport(sink)
         return holder["t"]
 
-    processor = Gate(cfg, "host")
-    agent = Agent(cfg, [processor], "host", factory, {})
+    processor = Gate(cfg, hostname)
+    agent = Agent(cfg, [processor], hostname, factory, {})
     return agent, holder["t"], processor
 
 
