@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 import requests
@@ -177,11 +177,11 @@ def make_agent(broker: Any, facility: Facility, tmp_path: Any,
     prefix = "T%d_%d" % (os.getpid(), next(_counter))
     agents: List[AgentProcess] = []
 
-    def make(name: str = "agent", on: Any = None, **overrides: Any) -> AgentProcess:
-        """``on``: another broker (from ``private_broker``) for this agent."""
+    def make(name: str = "agent", on: Any = None, host: Optional[str] = None, **overrides: Any) -> AgentProcess:
+        """``on``: another broker (from ``private_broker``) for this agent; ``host``: its host name."""
         cfg = base_config(on or broker, facility, prefix)
         cfg.update(overrides)
-        agent = AgentProcess(str(tmp_path), cfg, name=name)
+        agent = AgentProcess(str(tmp_path), cfg, name=name, host=host)
         if not agents:
             client.subscribe(*(agent.q(k) for k in (
                 "reduction_started", "reduction_complete", "reduction_error", "reduction_disabled",

@@ -116,6 +116,29 @@ def test_a_claim_of_a_killed_agent_is_taken_over(make_agent, facility, client):
     assert not [n for n in os.listdir(lease_dir) if n.endswith(".lease")], "the claim outlived its run"
 
 
+def test_a_restarted_agent_hands_its_dead_claims_to_an_agent_on_another_host(make_agent, facility, client):
+    """kill -9 of the agent running a job, with the agents on hosts of their own: the other
+    cannot tell the claim's process dead and holds its copy for it.  The killed agent,
+    restarted, releases the claim, and the other runs the request at once, not a stale
+    lease's minute later."""
+    facility.script("CNCS", SLOW_SCRIPT.replace("SECONDS", "6"))
+    slow_to_go_stale = dict(CLAIMS, lease_stale_sec=60)
+    a = make_agent("a", host="node-a", **slow_to_go_stale).start()
+    b = make_agent("b", host="node-b", **slow_to_go_stale).start()
+    client.send(a.q("reduction_data_ready"), facility.run("CNCS", "IPTS-9", 90))
+    client.wait(a.q("reduction_started"))
+    wait_started(facility, "CNCS", "IPTS-9")
+    runner, other = (a, b) if "starting reduction job" in a.log() else (b, a)
+    runner.kill()
+    other.wait_log("held: node-")
+    runner.start()
+    runner.wait_log("releasing the claim")
+    client.wait(a.q("reduction_complete"), timeout=30)
+    assert "starting reduction job" in other.log()
+    runs = executions(facility, "CNCS", "IPTS-9")
+    assert len(runs) == 2 and runs[0][2] == float("inf") and runs[1][2] != float("inf"), runs
+
+
 def test_a_repeated_request_after_the_first_finished_runs_again(make_agent, facility, client):
     """Promise 5 on a real broker: the same body twice, one after the other, runs twice."""
     facility.script("CNCS", SLOW_SCRIPT.replace("SECONDS", "0"))

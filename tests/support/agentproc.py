@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Optional
 
 import psutil
 
+from tests.support import ashost
+
 DESTINATION_KEYS = (
     "postprocess_error", "reduction_data_ready", "reduction_himem_data_ready", "reduction_started",
     "reduction_complete", "reduction_error", "reduction_disabled",
@@ -33,8 +35,10 @@ def queue_names(prefix: str) -> Dict[str, str]:
 
 
 class AgentProcess:
-    def __init__(self, workdir: str, config: Dict[str, Any], name: str = "agent") -> None:
+    def __init__(self, workdir: str, config: Dict[str, Any], name: str = "agent", host: Optional[str] = None) -> None:
+        """``host``: the host name the agent runs under (tests.support.ashost), else this machine's."""
         self.workdir = workdir
+        self.prefix = ashost.prefix(host) if host else []
         self.config = dict(config)
         self.config.setdefault("log_file", os.path.join(workdir, "%s.log" % name))
         self.config.setdefault("journal_path", os.path.join(workdir, "%s.journal" % name))
@@ -56,7 +60,7 @@ class AgentProcess:
         env = dict(os.environ, PYTHONPATH=ROOT)
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "postprocessing", "--config", self.config_path, "run"]
+                self.prefix + [sys.executable, "-m", "postprocessing", "--config", self.config_path, "run"]
                 + list(extra_args or []), stdout=err, stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
         self.wait_log("connected to broker", timeout=30)
         return self
