@@ -12,8 +12,8 @@ def run_check(requests, outcomes, executions, faults=(), window=(0.0, 100.0)):
                  stall_sec=6.0, window=window)
 
 
-def done(run, when, dest="/queue/C", error=""):
-    return (when, dest, {"run_number": str(run), "error": error})
+def done(run, when, dest="/queue/C", error="", host="h1"):
+    return (when, dest, {"run_number": str(run), "error": error, "information": host})
 
 
 def test_a_clean_history_passes():
@@ -91,3 +91,14 @@ def test_an_outcome_copied_around_a_cut_connection_is_counted_apart():
     figures = run_check([Request(1, 1, "short", 0.0, 1)], outcomes, twice, [Fault("slow", "", 0.5, 2.2)],
                         window=(0.0, 10.0))
     assert figures.duplicate_outcomes == 1
+
+
+def test_the_same_outcome_from_another_agent_around_a_fault_is_a_duplicate():
+    """RabbitMQ seed 824902: h1 ran the job and answered; around a broker kill h2, holding a copy,
+    took h1's claim over and answered it again.  Only the agent that ran the job re-sends."""
+    executions = [Execution("h1", 10, 1, 1.0, 2.0, "ok")]
+    kill = [Fault("broker_kill", "", 2.5, 4.0)]
+    for second, resent in (("h1", 1), ("h2", 0)):
+        outcomes = [done(1, 2.1), done(1, 6.0, host=second)]
+        figures = run_check([Request(1, 1, "short", 0.0, 1)], outcomes, executions, kill, window=(0.0, 10.0))
+        assert (figures.resent_after_lost_receipt, figures.duplicate_outcomes) == (resent, 1 - resent), second

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
+from tests.support import ashost
 from tests.support.agentproc import ROOT, queue_names
 from tests.support.facility import Facility
 
@@ -111,7 +112,8 @@ class Jobs:
 
 
 class FleetAgent:
-    """One agent process on ``host``, started with ``prefix`` (``ip netns exec HOST``).
+    """One agent process on ``host``, started with ``prefix`` (``ip netns exec HOST``), under
+    ``host`` as its host name, which its claims and outcomes carry.
 
     ``{host}`` in a string config value becomes the host's name (say, a per-host journal path).
     """
@@ -134,7 +136,8 @@ class FleetAgent:
         env = dict(os.environ, PYTHONPATH=ROOT, CHAOS_HOST=self.host)
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
-                self.prefix + [sys.executable, "-m", "postprocessing", "--config", self.config_path, "run"],
+                self.prefix + ashost.prefix(self.host)
+                + [sys.executable, "-m", "postprocessing", "--config", self.config_path, "run"],
                 stdout=err, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         return self
 

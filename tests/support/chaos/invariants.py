@@ -33,7 +33,8 @@ class Request:
     sent: float
     generation: int
     cancels: List[float] = field(default_factory=list)
-    outcomes: List[Tuple[float, str, str]] = field(default_factory=list)
+    #: (time, kind, error, information: the host name of the agent that sent it)
+    outcomes: List[Tuple[float, str, str, str]] = field(default_factory=list)
     executions: List[Execution] = field(default_factory=list)
 
 
@@ -81,15 +82,19 @@ class Figures:
 
 
 def _resent_after_lost_receipt(request: Request, faults: List[Fault]) -> bool:
-    """Identical outcomes of at most one execution, and between the job's end and the last copy a
-    fault that can cut its agent's connection with a SEND in flight: a broker kill, a slow link
-    (heartbeats starve), or a partition of the host that ran it.  The agent sends again an
-    outcome whose receipt it never got; only Artemis drops the copy (docs/delivery.md)."""
-    if len({(kind, error) for _, kind, error in request.outcomes}) != 1 or len(request.executions) > 1:
+    """Identical outcomes from one agent (the one that ran the job, if it ran), of at most one
+    execution, and between the job's end and the last copy a fault that can cut that agent's
+    connection with a SEND in flight: a broker kill, a slow link (heartbeats starve), or a
+    partition of its host.  The agent sends again an outcome whose receipt it never got; only
+    Artemis drops the copy (docs/delivery.md)."""
+    if len(set(o[1:] for o in request.outcomes)) != 1 or len(request.executions) > 1:
+        return False
+    sender = request.outcomes[0][3]
+    hosts = {e.host for e in request.executions} or {sender}
+    if sender not in hosts:
         return False
     done = max((e.end for e in request.executions), default=request.outcomes[0][0])
     last = request.outcomes[-1][0]
-    hosts = {e.host for e in request.executions}
     return any((f.kind in ("broker_kill", "slow") or (f.kind == "partition" and f.target in hosts))
                and f.start <= last and f.end >= done - 1.0 for f in faults)
 
@@ -117,7 +122,7 @@ def check(requests: List[Request], outcomes: List[Tuple[float, str, Dict[str, An
             continue
         owner = _owner(by_run, int(body["run_number"]), when)
         if owner is not None:
-            owner.outcomes.append((when, kind, str(body.get("error", ""))))
+            owner.outcomes.append((when, kind, str(body.get("error", "")), str(body.get("information", ""))))
     for execution in executions:
         owner = _owner(by_run, execution.run, execution.start)
         if owner is not None:
