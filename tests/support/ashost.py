@@ -5,9 +5,17 @@ to NAME and executes COMMAND, so agents on one machine put different host names 
 claims and outcomes (see ``prefix``)."""
 
 import os
+import shutil
 import socket
 import sys
-from typing import List
+from typing import List, Optional
+
+
+def unavailable() -> Optional[str]:
+    """Why agents cannot run under host names of their own here (None: they can)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return "host names of their own need root and unshare (a UTS namespace)"
+    return None
 
 
 def prefix(name: str) -> List[str]:
