@@ -8,6 +8,8 @@ import time
 import psutil
 import pytest
 
+from tests.support.agentproc import wait_listening
+
 pytestmark = pytest.mark.broker
 
 TIMED_SCRIPT = """
@@ -67,6 +69,7 @@ def test_heartbeat_on_start_and_during_long_jobs(make_agent, facility, client):
 
 def test_ping_is_answered_on_reply_to(make_agent, client):
     agent = make_agent().start()
+    wait_listening(client, agent)
     reply_to = agent.q("heartbeat_ping").replace("PING", "PONG")
     client.subscribe(reply_to)
     client.send(agent.q("heartbeat_ping"), {"reply_to": reply_to, "request_id": "abc"})

@@ -12,6 +12,7 @@ import pytest
 
 from postprocessing.agent import ping
 from postprocessing.jobs import identity
+from tests.support.agentproc import wait_listening
 from tests.support.cli import broker_config, run_cli, write_config
 from tests.support.stallserver import StallServer
 
@@ -56,7 +57,8 @@ def test_a_newline_in_a_message_value_forges_no_log_line(make_agent, facility, c
 
 def test_a_ping_answered_on_the_ping_topic_does_not_multiply(make_agent, client):
     first = make_agent("first").start()
-    make_agent("second").start()
+    second = make_agent("second").start()
+    wait_listening(client, first, second)
     ping_topic = first.q("heartbeat_ping")
     client.subscribe(ping_topic)
     client.send(ping_topic, {"reply_to": ping_topic, "ping_id": "loop"})
@@ -68,6 +70,7 @@ def test_a_ping_answered_on_the_ping_topic_does_not_multiply(make_agent, client)
 
 def test_a_ping_cannot_inject_a_run_request(make_agent, client):
     agent = make_agent().start()
+    wait_listening(client, agent)
     run_queue = agent.q("reduction_data_ready")
     client.send(agent.q("heartbeat_ping"), {"reply_to": run_queue, "instrument": "CNCS", "ipts": "IPTS-1",
                                            "run_number": "1", "data_file": "/etc/passwd"})
@@ -81,6 +84,7 @@ def test_a_ping_cannot_inject_a_run_request(make_agent, client):
 
 def test_ping_answers_are_rate_limited_and_carry_no_reply_to(make_agent, client):
     agent = make_agent().start()
+    wait_listening(client, agent)
     reply_to = agent.q("heartbeat_ping").replace("PING", "PONG")
     client.subscribe(reply_to)
     for n in range(60):

@@ -118,3 +118,16 @@ class AgentProcess:
             return psutil.Process(self.pid).children(recursive=True)
         except psutil.Error:
             return []
+
+
+def wait_listening(client: Any, *agents: AgentProcess, timeout: float = 30.0) -> None:
+    """Until ``client`` (subscribed to the agents' heartbeat topic) has a heartbeat from each agent.
+
+    An agent sends its first heartbeat after subscribing to its topics, on the same connection,
+    so a ping or a command published from then on reaches it (a topic keeps nothing for a
+    subscriber that comes later)."""
+    deadline = time.monotonic() + timeout
+    for agent in agents:
+        while str(agent.pid) not in {beat.get("pid") for beat in client.get(agent.q("heart_beat"))}:
+            assert time.monotonic() < deadline, "no heartbeat from the agent in %.0f s:\n%s" % (timeout, agent.tail())
+            time.sleep(0.05)
