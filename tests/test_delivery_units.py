@@ -26,10 +26,10 @@ IDS = pytest.mark.parametrize("fresh_ids", [False, True], ids=["stable-ids", "fr
 CLAIMED_RUN = body(n="1", inst="CNCS", ipts="IPTS-1", data_file="/SNS/CNCS/IPTS-1/nexus/CNCS_1.nxs.h5")
 
 
-def claimant_cut_off(tmp_path: Any) -> Tuple[bytes, Agent, MemoryTransport, Any]:
+def claimant_cut_off(tmp_path: Any, **overrides: Any) -> Tuple[bytes, Agent, MemoryTransport, Any]:
     """Agent A runs a claimed run (gated), then is cut off from its broker, which gives the
     run to another agent: the run's body, A, A's broker (refusing A until the test allows) and A's processor."""
-    first, first_broker, first_proc = make(data_root=str(tmp_path), lease_refresh_sec=0.1)
+    first, first_broker, first_proc = make(data_root=str(tmp_path), lease_refresh_sec=0.1, **overrides)
     first.run_once(0)
     first_broker.publish(QUEUE, CLAIMED_RUN)
     spin(first, lambda: bodies(first_broker, "/queue/STARTED"))
@@ -684,13 +684,7 @@ def test_a_claim_stays_fresh_while_its_outcome_waits_for_the_broker(tmp_path):
     """Promises 2 and 3: A's job ended while A was cut off from the broker, so its outcome waits
     to be sent; the broker gave the run to B.  A's claim must stay fresh meanwhile: B holds the
     copy for A's answer instead of taking a stale claim over and running the job again."""
-    first, first_broker, first_proc = make(data_root=str(tmp_path), lease_refresh_sec=0.1, lease_stale_sec=0.6)
-    first.run_once(0)
-    first_broker.publish(QUEUE, CLAIMED_RUN)
-    spin(first, lambda: bodies(first_broker, "/queue/STARTED"))
-    first_broker.refuse_connect = True
-    first_broker.drop_connection("cut off")
-    first_broker.queues[QUEUE].clear()
+    _run, first, first_broker, first_proc = claimant_cut_off(tmp_path, lease_stale_sec=0.6)
     first_proc.gate.set()
     spin(first, lambda: first.runs.in_state(RunState.FINISHING))
 
