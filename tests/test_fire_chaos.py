@@ -20,8 +20,8 @@ pytestmark = [pytest.mark.broker, pytest.mark.fire, pytest.mark.chaos]
 
 
 def test_a_fleet_under_faults_keeps_the_promise(broker: Any) -> None:
-    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None:
-        reason = "the fault harness needs root, ip and tc (network namespaces)"
+    if os.geteuid() != 0 or any(shutil.which(tool) is None for tool in ("ip", "tc", "unshare")):
+        reason = "the fault harness needs root, ip, tc and unshare (network and UTS namespaces)"
         if os.environ.get("CI"):
             pytest.fail("CI is set and %s" % reason, pytrace=False)
         warnings.warn("SKIPPING the fault harness: %s" % reason, stacklevel=1)
