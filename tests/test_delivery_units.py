@@ -548,6 +548,37 @@ def test_a_full_agent_on_rabbitmq_gives_back_a_run_that_waits_for_it(monkeypatch
     assert sorted(proc.ran) == ["a1", "a2", "b1"]
 
 
+def test_a_full_agent_on_rabbitmq_takes_in_nothing_it_cannot_start_after_a_reconnect():
+    """Promise 7 (the short fault harness in CI, RabbitMQ seed 126192: a 10 s busy stall).  After
+    a reconnect a full agent opened a subscription per running job, for their redeliveries to
+    rejoin them.  On RabbitMQ subscriptions stay, so each became lasting room on a full agent:
+    new runs came to it, waited 2 s for its slot and went back, over and over, while another
+    agent had free slots.  A full agent on RabbitMQ opens none; another agent holds the
+    redeliveries on the claims, or this one takes them back once a slot frees."""
+    agent, transport, proc = make(max_procs=2)
+    transport.returns_on_unsubscribe = False
+    agent.run_once(0)
+    transport.publish(QUEUE, body(n="a1"))
+    transport.publish(QUEUE, body(n="a2"))
+    spin(agent, lambda: len(bodies(transport, "/queue/STARTED")) == 2)
+    transport.drop_connection("broker restarted")
+    redelivered = list(transport.queues[QUEUE])
+    transport.queues[QUEUE].clear()  # another agent took the redeliveries, and holds them on their claims
+    spin(agent, lambda: agent.connected)
+    settle_down(agent)
+    transport.publish(QUEUE, body(n="b"))
+    settle_down(agent)
+    assert "b" in [json.loads(m[1])["n"] for m in transport.queues[QUEUE]], "the full agent took in a run"
+    assert not agent.runs.in_state(RunState.WAITING)
+    proc.gate.set()
+    spin(agent, lambda: sorted(proc.ran) == ["a1", "a2", "b"])
+    for _message_id, redelivery, headers in redelivered:  # the holder went away: they come back here
+        transport.publish(QUEUE, redelivery, headers)
+    spin(agent, lambda: len(transport.acked) == 3)
+    assert sorted(proc.ran) == ["a1", "a2", "b"]
+    assert len(bodies(transport, "/queue/DONE")) == 3
+
+
 def test_a_redelivered_repeat_that_another_agent_claimed_is_no_lost_ack(tmp_path):
     """Promise 1 (fault harness, RabbitMQ seed 853267): A's ACK of run 1 was confirmed just before
     the broker died.  Later the repeat of run 1 is claimed by B, B dies, and its copy comes to A

@@ -82,7 +82,11 @@ class Holding:
         Shortly after a reconnect (``rejoin_epoch``: the new connection), even a full agent
         takes as many as it runs whose messages went back to the broker with the lost
         connection: their redeliveries should come back here and rejoin their jobs, not go
-        to an idle agent (which would hold them on their claim).
+        to an idle agent (which would hold them on their claim).  Not on a broker that keeps
+        subscriptions (RabbitMQ): there each such subscription would stay open after the
+        rejoin, and a full agent's open subscription pulls in runs it cannot start while
+        another agent has free slots.  Those redeliveries are held on their claims elsewhere,
+        or come back here once a slot frees, and are answered from the journal.
         """
         max_procs = self.config.max_procs
         emptying = stopping or self.draining
@@ -94,5 +98,7 @@ class Holding:
             let_go += runs.in_state(RunState.HELD) + runs.in_state(RunState.PAUSED)
         finishing = sum(1 for r in runs.in_state(RunState.FINISHING) if r.ctx is not None)
         free = max_procs - max(running + finishing, len(waiting[:keep]))
-        orphans = 0 if stopping or rejoin_epoch is None else runs.orphans(rejoin_epoch)
+        orphans = 0
+        if rejoin_epoch is not None and returns_on_unsubscribe and not stopping:
+            orphans = runs.orphans(rejoin_epoch)
         return let_go, max(0 if blocked else free, orphans)
