@@ -548,6 +548,32 @@ def test_a_full_agent_on_rabbitmq_gives_back_a_run_that_waits_for_it(monkeypatch
     assert sorted(proc.ran) == ["a1", "a2", "b1"]
 
 
+def test_a_full_agent_on_rabbitmq_gives_a_run_back_at_once_and_a_returning_one_after_a_while(monkeypatch):
+    """Promise 7: a run waiting on a full agent's subscription on RabbitMQ goes back at once, so
+    that it reaches an agent with a free slot in a few hops, not one hop per ``FULL_HOLD_SEC``.
+    Back on a subscription that gave it back, it waits ``FULL_HOLD_SEC`` first, so that runs
+    do not circle between full agents."""
+    monkeypatch.setattr("postprocessing.agent.holding.FULL_HOLD_SEC", 1.0)
+    agent, transport, proc = make(max_procs=2, jobs_per_instrument=1)
+    transport.returns_on_unsubscribe = False
+    agent.run_once(0)
+    transport.publish(QUEUE, body(n="a1", inst="A"))
+    spin(agent, lambda: len(bodies(transport, "/queue/STARTED")) == 1)
+    transport.publish(QUEUE, body(n="a2", inst="A"))
+    spin(agent, lambda: agent.runs.in_state(RunState.WAITING))
+    transport.publish(QUEUE, body(n="b1", inst="B"))
+    spin(agent, lambda: len(bodies(transport, "/queue/STARTED")) == 2)
+    full = time.monotonic()
+    spin(agent, lambda: len(transport.released) == 1, timeout=5)
+    first = time.monotonic()
+    assert first - full < 0.5, "the full agent held a waiting run for %.1f s" % (first - full)
+    spin(agent, lambda: len(transport.released) == 2, timeout=5)
+    assert time.monotonic() - first >= 0.9, "a run came back and was given back at once again"
+    proc.gate.set()
+    spin(agent, lambda: len(transport.acked) == 3)
+    assert sorted(proc.ran) == ["a1", "a2", "b1"]
+
+
 def test_a_full_agent_on_rabbitmq_takes_in_nothing_it_cannot_start_after_a_reconnect():
     """Promise 7 (the short fault harness in CI, RabbitMQ seed 126192: a 10 s busy stall).  After
     a reconnect a full agent opened a subscription per running job, for their redeliveries to

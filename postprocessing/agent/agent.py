@@ -398,6 +398,7 @@ class Agent:
         """
         if self.transport.returns_on_unsubscribe or not self.stopping:
             self.subs.give_back(run.delivery)
+            self.holding.given_back(run, self._full_hold())
         self._forget(run, why)
 
     def _forget(self, run: Run, why: str) -> None:
@@ -414,7 +415,7 @@ class Agent:
     def _release_held(self, now: float) -> None:
         """Runs that waited too long for a slot go back to the broker, for an idle agent."""
         for run in self.holding.overdue(self.runs, now, self._full_hold()):
-            self._let_go(run, "waited %.0f s for a slot" % (now - run.waiting_since))
+            self._let_go(run, "waited %.1f s for a slot" % (now - run.waiting_since))
         self._reconcile()
 
     # -- jobs ----------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 Runs wait here only for a per-instrument slot, and at most ``max_procs`` of them.  When
 every slot is busy, the node is overloaded or the agent is stopping, waiting runs go back
 to the broker, where an idle agent can take them.  (On RabbitMQ they stay until they
-have waited ``max_wait_hold_sec``, or ``FULL_HOLD_SEC`` while every slot is busy, or the
-agent stops: see subscriptions.py.)
+have waited ``max_wait_hold_sec``, or, while every slot is busy, go back at once, or after
+``FULL_HOLD_SEC`` when they came back; see subscriptions.py.)
 
 An operator may drain the agent (it starts nothing more and gives back what waits, but
 stays connected) or pause instruments (their runs are held un-acked, in state PAUSED,
@@ -24,9 +24,12 @@ from postprocessing.jobs.limits import Admission
 logger = logging.getLogger(__name__)
 
 #: On RabbitMQ a full agent keeps its subscriptions (subscriptions.py), so a run can reach it and
-#: wait for one of its slots while another agent has a free one: it is given back after this long
-#: (not at once, which would make it bounce between full agents).
+#: wait for one of its slots while another agent has a free one.  It is given back at once, and
+#: the broker hands it to the next subscription with room, so it reaches a free slot in a few
+#: hops.  A run that comes back to a subscription that gave it back within ``RETURN_MEMORY_SEC``
+#: is given back after this long instead, so that runs do not circle between full agents.
 FULL_HOLD_SEC = 2.0
+RETURN_MEMORY_SEC = 30.0
 
 
 class Holding:
@@ -40,6 +43,8 @@ class Holding:
         self.draining = False
         #: Instruments paused by ``postprocessing pause`` -> since when (wall clock).
         self.paused: Dict[str, float] = {}
+        #: (run identity, subscription) -> when a full agent gave that run back from that subscription.
+        self._given_back: Dict[Tuple[str, str], float] = {}
 
     def hold_if_paused(self, run: Run) -> bool:
         """Whether ``run``'s instrument is paused; if so it is held, not started (state PAUSED)."""
@@ -62,18 +67,31 @@ class Holding:
             self.next_admission = time.monotonic() + self.config.admission_check_interval_sec
         return True
 
-    def hold_limit(self, full: bool) -> float:
-        """How long a run may wait here: ``max_wait_hold_sec``, or ``FULL_HOLD_SEC`` when ``full``
-        (every slot busy on a broker that keeps a full agent's subscriptions, RabbitMQ)."""
-        return min(FULL_HOLD_SEC, self.config.max_wait_hold_sec) if full else self.config.max_wait_hold_sec
+    def hold_limit(self, run: Run, full: bool) -> float:
+        """How long ``run`` may wait here: ``max_wait_hold_sec``; when ``full`` (every slot busy on a
+        broker that keeps a full agent's subscriptions, RabbitMQ) not at all, or ``FULL_HOLD_SEC``
+        if its subscription gave it back lately."""
+        if not full:
+            return self.config.max_wait_hold_sec
+        returned = (run.identity, run.delivery.subscription) in self._given_back
+        return min(FULL_HOLD_SEC if returned else 0.0, self.config.max_wait_hold_sec)
+
+    def given_back(self, run: Run, full: bool) -> None:
+        """``run`` went back to the broker; from a ``full`` agent, remember from which subscription."""
+        now = time.monotonic()
+        for key, when in list(self._given_back.items()):
+            if now - when > RETURN_MEMORY_SEC:
+                del self._given_back[key]
+        if full:
+            self._given_back[(run.identity, run.delivery.subscription)] = now
 
     def deadline(self, runs: RunTable, full: bool = False) -> Optional[float]:
-        """When the longest-waiting run has waited its limit."""
-        waiting = [r.waiting_since for r in runs.in_state(RunState.WAITING)]
-        return min(waiting) + self.hold_limit(full) if waiting else None
+        """When the first waiting run has waited its limit."""
+        ends = [r.waiting_since + self.hold_limit(r, full) for r in runs.in_state(RunState.WAITING)]
+        return min(ends) if ends else None
 
     def overdue(self, runs: RunTable, now: float, full: bool = False) -> List[Run]:
-        return [r for r in runs.in_state(RunState.WAITING) if now - r.waiting_since >= self.hold_limit(full)]
+        return [r for r in runs.in_state(RunState.WAITING) if now - r.waiting_since >= self.hold_limit(r, full)]
 
     def fit(self, runs: RunTable, running: int, stopping: bool, returns_on_unsubscribe: bool,
             rejoin_epoch: Optional[int]) -> Tuple[List[Run], int]:
