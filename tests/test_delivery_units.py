@@ -5,6 +5,7 @@ for every delivery (RabbitMQ, Artemis).
 """
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -603,6 +604,33 @@ def test_a_full_agent_on_rabbitmq_takes_in_nothing_it_cannot_start_after_a_recon
     spin(agent, lambda: len(transport.acked) == 3)
     assert sorted(proc.ran) == ["a1", "a2", "b"]
     assert len(bodies(transport, "/queue/DONE")) == 3
+
+
+def test_a_claim_won_just_as_its_claimant_answered_is_not_run_again(tmp_path, monkeypatch):
+    """Promises 3 and 4 (`make chaos` on RabbitMQ, seed 429585: a request answered twice, run
+    again 0.2 s after its answer).  A, cut off while its job ran, answered the run as it
+    reconnected, while B took the redelivery: B looked for A's answer just before A wrote it,
+    and claimed the run just after A dropped its lease.  B looks again once the claim is its own."""
+    run, first, first_broker, first_proc = claimant_cut_off(tmp_path)
+    other, broker, proc = make(data_root=str(tmp_path), lease_refresh_sec=0.1)
+    other.run_once(0)
+    claim = other.leases.claims.claim
+
+    def answered_meanwhile(path: str, request: str) -> Any:
+        first_proc.gate.set()
+        first_broker.refuse_connect = False
+        spin(first, lambda: not first.runs)  # A's outcome is confirmed: its done file is there, its lease gone
+        return claim(path, request)
+
+    monkeypatch.setattr(other.leases.claims, "claim", answered_meanwhile)
+    broker.publish(QUEUE, run, {"redelivered": "true"})
+    spin(other, lambda: broker.acked or bodies(broker, "/queue/STARTED"))
+    assert not bodies(broker, "/queue/STARTED"), "B ran a run A had answered"
+    settle_down(other)
+    assert proc.ran == [] and not bodies(broker, "/queue/DONE")
+    assert first_proc.ran == ["1"] and len(bodies(first_broker, "/queue/DONE")) == 1
+    lease = os.path.join(str(tmp_path), "SNS", "CNCS", "IPTS-1", "shared", "autoreduce", "reduction_log")
+    assert not [name for name in os.listdir(lease) if name.endswith(".lease")], "B left its claim behind"
 
 
 def test_a_redelivered_repeat_that_another_agent_claimed_is_no_lost_ack(tmp_path):

@@ -26,7 +26,9 @@ The done file says "outcome confirmed, message maybe not acked": whoever acks th
 message with a confirmed ACK removes it.  Until then it answers the run's message wherever it
 is delivered: an agent that holds it settles it from the file, and an agent that receives it
 later (the claimant died before its ACK was confirmed) finds the file instead of a lease and
-settles it too, without running it again.
+settles it too, without running it again.  Because the file comes before the lease goes, an
+agent that wins a claim looks for it once more (it may have looked just before the claimant
+answered) and withdraws the claim if it is there.
 
 Writes never follow a planted symbolic link: the lease and done files are created with
 ``O_EXCL | O_NOFOLLOW``, and the directory itself must not be a link.
@@ -170,6 +172,15 @@ class Claims:
                 os.unlink(self.cancel_path(claim.path))
         except (OSError, UnsafePath) as err:
             logger.warning("could not release claim %s: %s", claim.path, err)
+
+    def withdraw(self, claim: Claim) -> None:
+        """Drop a claim whose run turned out to be answered already: no answer of ours is left."""
+        try:
+            current = self._read(claim.path)
+            if current is not None and current.get("nonce") == claim.nonce:
+                os.unlink(claim.path)
+        except OSError as err:
+            logger.warning("could not withdraw claim %s: %s", claim.path, err)
 
     def cancel_asked(self, claim: Claim) -> Optional[str]:
         """Who cancelled this claim's run through its cancel file, if anybody did."""

@@ -61,6 +61,9 @@ class Leases:
             logger.warning("[%s] cannot claim %s (%s): running it unclaimed", run.label, path, err)
             return None
         if isinstance(got, Claim):
+            answer = self._answered_meanwhile(run, got, acking)
+            if answer is not None:
+                return answer
             run.claim = got
             run.done_ref = (got.path, got.nonce)
         else:
@@ -88,6 +91,19 @@ class Leases:
                         settled[0].get("host"), settled[0]["destination"])
             return str(settled[0]["destination"])
         return None
+
+    def _answered_meanwhile(self, run: Run, claim: Claim, acking: Collection[Tuple[str, str]]) -> Optional[str]:
+        """A claimant writes its answer, then drops its lease: between our look for an answer and
+        our claim it may have done both.  So once the claim is ours, look again; if the run was
+        answered meanwhile, withdraw the claim and settle the message from that answer."""
+        done = self.claims.outcome(claim.path, request=run.identity)
+        if done is None or done.get("nonce") == claim.nonce or (claim.path, str(done.get("nonce"))) in acking:
+            return None
+        self.claims.withdraw(claim)
+        logger.info("[%s] %s answered it (%s) as this agent claimed it: settling without running it",
+                    run.label, done.get("host"), done["destination"])
+        run.done_ref = (claim.path, str(done.get("nonce")))
+        return str(done["destination"])
 
     def tick(self, runs: RunTable) -> Tuple[List[Tuple[Run, str]], bool]:
         """Refresh our claims (of runs running, or whose outcome waits for the broker) and look
