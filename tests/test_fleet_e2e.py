@@ -13,7 +13,7 @@ import pytest
 
 from postprocessing import __version__
 from postprocessing.devtools.brokerproc import free_port
-from tests.support.agentproc import ROOT
+from tests.support.agentproc import ROOT, wait_listening
 from tests.support.cli import assert_no_traceback, run_cli
 from tests.test_metrics import scrape, wait_metric
 
@@ -30,7 +30,10 @@ def agents(make_agent, client, **overrides):
     first = make_agent("first", **overrides)
     second = make_agent("second", **overrides)
     client.subscribe(first.q("fleet_status"))
-    return first.start(), second.start()
+    first.start()
+    second.start()
+    wait_listening(client, first, second)  # a command sent before they subscribe to the control topic is lost
+    return first, second
 
 
 def fleet_json(agent, *extra):
