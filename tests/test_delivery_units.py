@@ -24,6 +24,9 @@ FANOUT = "/topic/POSTPROCESSING.CANCEL"
 IDS = pytest.mark.parametrize("fresh_ids", [False, True], ids=["stable-ids", "fresh-ids"])
 
 
+#: The headers of a redelivered copy: the broker stamped the message when it was first sent, an
+#: hour ago here, before anything the test answers.
+REDELIVERED = {"redelivered": "true", "timestamp": str(int((time.time() - 3600) * 1000))}
 CLAIMED_RUN = body(n="1", inst="CNCS", ipts="IPTS-1", data_file="/SNS/CNCS/IPTS-1/nexus/CNCS_1.nxs.h5")
 
 
@@ -43,7 +46,7 @@ def claimant_cut_off(tmp_path: Any, **overrides: Any) -> Tuple[bytes, Agent, Mem
 def answered_elsewhere_then_a_repeat_runs(agent: Agent, broker: MemoryTransport, proc: Any, run: bytes) -> None:
     """A redelivered copy of ``run``, answered by another agent, is settled here without running;
     the same body sent again afterwards is a new request and runs."""
-    broker.publish(QUEUE, run, {"redelivered": "true"})
+    broker.publish(QUEUE, run, REDELIVERED)
     spin(agent, lambda: broker.acked)
     settle_down(agent)
     assert proc.ran == [] and not bodies(broker, "/queue/DONE"), "a run answered elsewhere ran again"
@@ -344,7 +347,7 @@ def test_repeated_request_marked_redelivered_runs(fresh_ids):
     transport.refuse_connect = False
     spin(agent, lambda: transport.acked and not agent.runs and not transport.queues[QUEUE])
     assert proc.ran == ["9"]
-    transport.publish(QUEUE, body(n="9"), {"redelivered": "true"})
+    transport.publish(QUEUE, body(n="9"), REDELIVERED)
     spin(agent, lambda: len(transport.acked) == 2)
     assert proc.ran == ["9", "9"], "a re-reduction request was acked without running"
     assert len(bodies(transport, "/queue/DONE")) == 2
@@ -445,7 +448,7 @@ def test_a_standing_cancel_goes_to_the_claimant_of_a_run_redelivered_elsewhere(t
     other, broker, proc = make(data_root=str(tmp_path), lease_refresh_sec=0.1)
     other.run_once(0)
     broker.topic("/topic/POSTPROCESSING.CANCEL", body(cancel=True, instrument="CNCS", run_number="1"))
-    broker.publish(QUEUE, run, {"redelivered": "true"})
+    broker.publish(QUEUE, run, REDELIVERED)
     spin(first, lambda: step(first, other) and any(r.ctx is not None and r.ctx.cancelled_by for r in first.runs))
     error = first.config.destination("postprocess_error")
     assert not bodies(broker, error) and not broker.acked, "B answered beside A"
@@ -496,7 +499,7 @@ def test_a_redelivered_repeat_long_after_the_last_ack_runs(fresh_ids, monkeypatc
     time.sleep(0.3)
     transport.drop_connection("broker SIGKILLed")
     spin(agent, lambda: agent.connected)
-    transport.publish(QUEUE, body(n="1", quick=True), {"redelivered": "true"})
+    transport.publish(QUEUE, body(n="1", quick=True), REDELIVERED)
     spin(agent, lambda: len(transport.acked) == 2)
     assert proc.ran == ["1", "1"]
 
@@ -511,7 +514,7 @@ def test_a_cancel_meeting_a_waiting_copy_of_a_run_another_agent_runs_answers_onc
     other.run_once(0)
     broker.publish(QUEUE, body(n="x", inst="CNCS"))
     spin(other, lambda: bodies(broker, "/queue/STARTED"))
-    broker.publish(QUEUE, run, {"redelivered": "true"})
+    broker.publish(QUEUE, run, REDELIVERED)
     spin(other, lambda: other.runs.in_state(RunState.WAITING))
     broker.topic("/topic/POSTPROCESSING.CANCEL", body(cancel=True, instrument="CNCS", run_number="1"))
     spin(first, lambda: step(first, other) and any(r.ctx is not None and r.ctx.cancelled_by for r in first.runs))
@@ -623,7 +626,7 @@ def test_a_claim_won_just_as_its_claimant_answered_is_not_run_again(tmp_path, mo
         return claim(path, request)
 
     monkeypatch.setattr(other.leases.claims, "claim", answered_meanwhile)
-    broker.publish(QUEUE, run, {"redelivered": "true"})
+    broker.publish(QUEUE, run, REDELIVERED)
     spin(other, lambda: broker.acked or bodies(broker, "/queue/STARTED"))
     assert not bodies(broker, "/queue/STARTED"), "B ran a run A had answered"
     settle_down(other)
@@ -631,6 +634,28 @@ def test_a_claim_won_just_as_its_claimant_answered_is_not_run_again(tmp_path, mo
     assert first_proc.ran == ["1"] and len(bodies(first_broker, "/queue/DONE")) == 1
     lease = os.path.join(str(tmp_path), "SNS", "CNCS", "IPTS-1", "shared", "autoreduce", "reduction_log")
     assert not [name for name in os.listdir(lease) if name.endswith(".lease")], "B left its claim behind"
+
+
+def test_a_repeat_sent_after_an_answer_whose_ack_was_lost_runs(tmp_path):
+    """Promise 5 (the short fault harness in CI, RabbitMQ seed 384911: 1 lost).  Run 1 was
+    answered, and no ACK of its message was confirmed (the agent that acked it lost the receipt
+    with its connection), so its done file stayed: the message may still come back.  The same
+    body sent again later, stamped by the broker after that answer, is a new request: it runs.
+    (A copy stamped before the answer is the answered message, settled from the file: see
+    answered_elsewhere_then_a_repeat_runs.)"""
+    run, first, first_broker, first_proc = claimant_cut_off(tmp_path)
+    first_proc.gate.set()
+    first_broker.refuse_connect = False
+    spin(first, lambda: not first.runs)
+    assert bodies(first_broker, "/queue/DONE")
+    answered_ms = int(time.time() * 1000)
+    other, broker, proc = make(data_root=str(tmp_path))
+    proc.gate.set()
+    other.run_once(0)
+    broker.publish(QUEUE, run, {"timestamp": str(answered_ms + 30000)})
+    spin(other, lambda: broker.acked)
+    assert proc.ran == ["1"], "a request sent after the answer was taken for the answered message"
+    assert len(bodies(broker, "/queue/DONE")) == 1
 
 
 def test_a_redelivered_repeat_that_another_agent_claimed_is_no_lost_ack(tmp_path):
@@ -654,7 +679,7 @@ def test_a_redelivered_repeat_that_another_agent_claimed_is_no_lost_ack(tmp_path
     other_broker.publish(QUEUE, run)
     spin(other, lambda: bodies(other_broker, "/queue/STARTED"))
 
-    broker.publish(QUEUE, run, {"redelivered": "true"})
+    broker.publish(QUEUE, run, REDELIVERED)
     spin(first, lambda: first.runs.in_state(RunState.HELD), timeout=5)
     assert len(broker.acked) == 1, "the repeat was taken for the forgotten ACK and acked without running"
     other_proc.gate.set()
@@ -689,7 +714,7 @@ def test_a_cancel_meeting_a_waiting_copy_of_a_run_answered_elsewhere_settles_it_
     other.run_once(0)
     broker.publish(QUEUE, body(n="x", inst="CNCS"))
     spin(other, lambda: bodies(broker, "/queue/STARTED"))
-    broker.publish(QUEUE, run, {"redelivered": "true"})
+    broker.publish(QUEUE, run, REDELIVERED)
     spin(other, lambda: other.runs.in_state(RunState.WAITING))
     broker.topic(FANOUT, body(cancel=True, instrument="CNCS", run_number="1"))
     spin(other, lambda: len(broker.acked) == 1)
@@ -717,7 +742,7 @@ def test_a_standing_cancel_meeting_a_copy_of_a_run_answered_elsewhere_settles_it
     other.run_once(0)
     broker.topic(FANOUT, body(cancel=True, instrument="CNCS", run_number="1"))
     other.run_once(0.05)
-    broker.publish(QUEUE, CLAIMED_RUN, {"redelivered": "true"})
+    broker.publish(QUEUE, CLAIMED_RUN, REDELIVERED)
     spin(other, lambda: broker.acked)
     settle_down(other)
     assert not bodies(broker, other.config.destination("postprocess_error")), "B answered a run A had answered"
@@ -757,7 +782,7 @@ def test_a_waiting_run_cancelled_here_is_not_run_or_answered_again_elsewhere(tmp
     other, broker, proc = make(data_root=str(tmp_path))
     proc.gate.set()
     other.run_once(0)
-    broker.publish(QUEUE, CLAIMED_RUN, {"redelivered": "true"})
+    broker.publish(QUEUE, CLAIMED_RUN, REDELIVERED)
     spin(other, lambda: broker.acked)
     settle_down(other)
     assert proc.ran == [] and not bodies(broker, "/queue/DONE"), "B ran a run A had answered"
@@ -776,7 +801,7 @@ def test_a_claim_stays_fresh_while_its_outcome_waits_for_the_broker(tmp_path):
     other, broker, proc = make(data_root=str(tmp_path), lease_refresh_sec=0.1, lease_stale_sec=0.6)
     proc.gate.set()
     other.run_once(0)
-    broker.publish(QUEUE, CLAIMED_RUN, {"redelivered": "true"})
+    broker.publish(QUEUE, CLAIMED_RUN, REDELIVERED)
     spin(other, lambda: other.runs.in_state(RunState.HELD))
     until = time.monotonic() + 2.0
     while time.monotonic() < until:
@@ -820,7 +845,7 @@ def test_a_restarted_agent_releases_the_claims_of_its_crashed_predecessor(tmp_pa
     other, broker, proc = make(hostname="b", data_root=data, lease_refresh_sec=0.1, lease_stale_sec=60)
     proc.gate.set()
     other.run_once(0)
-    broker.publish(QUEUE, CLAIMED_RUN, {"redelivered": "true"})
+    broker.publish(QUEUE, CLAIMED_RUN, REDELIVERED)
     spin(other, lambda: other.runs.in_state(RunState.HELD))
     settle_down(other)
     assert proc.ran == [], "B ran a run whose claimant it cannot tell dead"

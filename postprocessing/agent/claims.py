@@ -245,6 +245,13 @@ class Claims:
             return None
         return data
 
+    def done_at(self, path: str) -> Optional[float]:
+        """When the outcome in the done file beside lease ``path`` was confirmed (wall clock)."""
+        try:
+            return os.stat(self.done_path(path), follow_symlinks=False).st_mtime
+        except OSError:
+            return None
+
     def acked(self, path: str, nonce: str) -> None:
         """The run's message is acked for good (receipt): its done file has nothing more to answer.
 

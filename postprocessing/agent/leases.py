@@ -77,7 +77,7 @@ class Leases:
                   forgotten_before: Optional[float]) -> Optional[str]:
         done = self.claims.outcome(path, request=run.identity)
         ours = (path, str(done.get("nonce"))) in acking if done is not None else False
-        if done is not None and not ours and self.claims.look(path) is None:
+        if done is not None and not ours and self.claims.look(path) is None and self._sent_by_answer(run, path):
             logger.info("[%s] %s confirmed its outcome (%s) but not its ack: settling without running it",
                         run.label, done.get("host"), done["destination"])
             run.done_ref = (path, str(done.get("nonce")))
@@ -92,12 +92,22 @@ class Leases:
             return str(settled[0]["destination"])
         return None
 
+    def _sent_by_answer(self, run: Run, path: str) -> bool:
+        """Whether the run's message may be the one the done file beside ``path`` answered: sent
+        before that answer.  One the broker stamped later (not RabbitMQ without its timestamp
+        interceptor) is a later request with the same body, which runs even while the answered
+        message's ACK is unconfirmed."""
+        answered = self.claims.done_at(path)
+        return answered is None or sent_by(run.delivery.broker_time_ms, answered)
+
     def _answered_meanwhile(self, run: Run, claim: Claim, acking: Collection[Tuple[str, str]]) -> Optional[str]:
         """A claimant writes its answer, then drops its lease: between our look for an answer and
         our claim it may have done both.  So once the claim is ours, look again; if the run was
         answered meanwhile, withdraw the claim and settle the message from that answer."""
         done = self.claims.outcome(claim.path, request=run.identity)
         if done is None or done.get("nonce") == claim.nonce or (claim.path, str(done.get("nonce"))) in acking:
+            return None
+        if not self._sent_by_answer(run, claim.path):
             return None
         self.claims.withdraw(claim)
         logger.info("[%s] %s answered it (%s) as this agent claimed it: settling without running it",
