@@ -658,6 +658,28 @@ def test_a_repeat_sent_after_an_answer_whose_ack_was_lost_runs(tmp_path):
     assert len(bodies(broker, "/queue/DONE")) == 1
 
 
+def test_a_repeat_sent_after_an_answer_whose_ack_receipt_was_lost_runs_on_the_same_agent():
+    """Promise 5, the journal's side of seed 384911: the agent answered run 1 and its ACK left,
+    but the connection dropped before the receipt, so its journal keeps the run "maybe not
+    acked".  The broker had the ACK: the message is gone.  The same body sent again later,
+    stamped after the answer, is a new request and runs; it is not taken for the old message."""
+    agent, transport, proc = make()
+    proc.gate.set()
+    agent.run_once(0)
+    transport.lose_acks = True
+    transport.publish(QUEUE, body(n="1"))
+    spin(agent, lambda: bodies(transport, "/queue/DONE") and not agent.runs)
+    transport.drop_connection("cut after the ACK left")
+    transport.queues[QUEUE].clear()  # the broker had the ACK
+    transport.lose_acks = False
+    spin(agent, lambda: agent.connected)
+    transport.publish(QUEUE, body(n="1"), {"timestamp": str(int((time.time() + 30) * 1000))})
+    spin(agent, lambda: transport.acked)
+    settle_down(agent)
+    assert proc.ran == ["1", "1"], "a request sent after the answer was taken for the answered message"
+    assert len(bodies(transport, "/queue/DONE")) == 2
+
+
 def test_a_redelivered_repeat_that_another_agent_claimed_is_no_lost_ack(tmp_path):
     """Promise 1 (fault harness, RabbitMQ seed 853267): A's ACK of run 1 was confirmed just before
     the broker died.  Later the repeat of run 1 is claimed by B, B dies, and its copy comes to A

@@ -18,7 +18,9 @@ def test_an_unacked_record_answers_one_delivery_then_is_gone(tmp_path):
     journal.running(row)
     journal.confirmed(row, "/queue/DONE")
     assert journal.take_unacked(identity("/queue/B", b"{}")) is None, "another queue's request matched"
-    assert journal.take_unacked(ident) == (row, None)
+    later = int((time.time() + 30) * 1000)
+    assert journal.take_unacked(ident, later) is None, "a request stamped after the answer matched"
+    assert journal.take_unacked(ident, int((time.time() - 3600) * 1000)) == (row, None)
     assert journal.take_unacked(ident) is None, "a repeated request would be answered without running"
 
 

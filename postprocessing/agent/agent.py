@@ -278,7 +278,7 @@ class Agent:
         # While an ACK of this identity is on its way on the live connection, the broker is not
         # redelivering that message: the same body now is a new request.
         in_flight = self.acks.in_flight(ident)
-        taken = None if in_flight else self.journal.take_unacked(ident)
+        taken = None if in_flight else self.journal.take_unacked(ident, d.broker_time_ms)
         done_ref = self.leases.still_unacked(taken[1]) if taken is not None else None
         if taken is not None and done_ref is not None:
             logger.info("redelivery %s of a run whose outcome was confirmed: acknowledging", logsafe.text(d.message_id))

@@ -19,6 +19,7 @@ import sqlite3
 import time
 from typing import Dict, List, Optional, Tuple
 
+from postprocessing.agent.acks import LOST_ACK_WINDOW
 from postprocessing.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -121,10 +122,15 @@ class Journal:
         """The run went back to the broker before it ran."""
         self._db.execute("DELETE FROM runs WHERE id = ?", (row,))
 
-    def take_unacked(self, ident: str) -> Optional[Tuple[int, Optional[str]]]:
-        """A confirmed run with this identity whose ack may be lost, and its claim: taken, and gone."""
-        found = self._db.execute("SELECT id, claim FROM runs WHERE identity = ? AND state = ? ORDER BY id LIMIT 1",
-                                 (ident, UNACKED)).fetchone()
+    def take_unacked(self, ident: str, sent_ms: Optional[int] = None) -> Optional[Tuple[int, Optional[str]]]:
+        """A confirmed run with this identity whose ack may be lost, and its claim: taken, and gone.
+
+        ``sent_ms``: when the broker stamped the message (None: unknown).  A message stamped more
+        than ``LOST_ACK_WINDOW`` after a run's outcome was confirmed is a later request, not that run's."""
+        since = None if sent_ms is None else sent_ms / 1000.0 - LOST_ACK_WINDOW
+        found = self._db.execute(
+            "SELECT id, claim FROM runs WHERE identity = ? AND state = ? AND (? IS NULL OR updated >= ?) "
+            "ORDER BY id LIMIT 1", (ident, UNACKED, since, since)).fetchone()
         if found is None:
             return None
         self._set(int(found[0]), ANSWERED)
