@@ -530,12 +530,10 @@ def test_a_cancel_meeting_a_waiting_copy_of_a_run_another_agent_runs_answers_onc
     assert proc.ran == ["x"] and first_proc.ran == []
 
 
-def test_a_full_agent_on_rabbitmq_gives_back_a_run_that_waits_for_it(monkeypatch):
-    """Promise 7 (fault harness, RabbitMQ seed 785336): on RabbitMQ a full agent keeps its idle
-    subscriptions, so a run can reach it and wait for one of its slots while another agent has
-    a free one.  It must be given back soon (seconds), not after ``max_wait_hold_sec``."""
-    monkeypatch.setattr("postprocessing.agent.holding.FULL_HOLD_SEC", 0.3)
-    agent, transport, proc = make(max_procs=2, jobs_per_instrument=1, max_wait_hold_sec=60)
+def full_on_rabbitmq(**overrides: Any) -> Tuple[Agent, MemoryTransport, Any]:
+    """A RabbitMQ-like agent at max_procs 2 running a1 (instrument A) and b1 (B), with a2 (A) waiting
+    on a subscription of its own for A's one slot."""
+    agent, transport, proc = make(max_procs=2, jobs_per_instrument=1, **overrides)
     transport.returns_on_unsubscribe = False
     agent.run_once(0)
     transport.publish(QUEUE, body(n="a1", inst="A"))
@@ -544,6 +542,15 @@ def test_a_full_agent_on_rabbitmq_gives_back_a_run_that_waits_for_it(monkeypatch
     spin(agent, lambda: agent.runs.in_state(RunState.WAITING))
     transport.publish(QUEUE, body(n="b1", inst="B"))
     spin(agent, lambda: len(bodies(transport, "/queue/STARTED")) == 2)
+    return agent, transport, proc
+
+
+def test_a_full_agent_on_rabbitmq_gives_back_a_run_that_waits_for_it(monkeypatch):
+    """Promise 7 (fault harness, RabbitMQ seed 785336): on RabbitMQ a full agent keeps its idle
+    subscriptions, so a run can reach it and wait for one of its slots while another agent has
+    a free one.  It must be given back soon (seconds), not after ``max_wait_hold_sec``."""
+    monkeypatch.setattr("postprocessing.agent.holding.FULL_HOLD_SEC", 0.3)
+    agent, transport, proc = full_on_rabbitmq(max_wait_hold_sec=60)
     started = time.monotonic()
     spin(agent, lambda: transport.released, timeout=5)
     assert time.monotonic() - started < 3, "the full agent kept the waiting run"
@@ -558,15 +565,7 @@ def test_a_full_agent_on_rabbitmq_gives_a_run_back_at_once_and_a_returning_one_a
     Back on a subscription that gave it back, it waits ``FULL_HOLD_SEC`` first, so that runs
     do not circle between full agents."""
     monkeypatch.setattr("postprocessing.agent.holding.FULL_HOLD_SEC", 1.0)
-    agent, transport, proc = make(max_procs=2, jobs_per_instrument=1)
-    transport.returns_on_unsubscribe = False
-    agent.run_once(0)
-    transport.publish(QUEUE, body(n="a1", inst="A"))
-    spin(agent, lambda: len(bodies(transport, "/queue/STARTED")) == 1)
-    transport.publish(QUEUE, body(n="a2", inst="A"))
-    spin(agent, lambda: agent.runs.in_state(RunState.WAITING))
-    transport.publish(QUEUE, body(n="b1", inst="B"))
-    spin(agent, lambda: len(bodies(transport, "/queue/STARTED")) == 2)
+    agent, transport, proc = full_on_rabbitmq()
     full = time.monotonic()
     spin(agent, lambda: len(transport.released) == 1, timeout=5)
     first = time.monotonic()
